@@ -1,0 +1,1 @@
+"""Boards, firmware builds, the serial device protocol, flasher, runners and the MQTT edge agent."""

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny datasets written in real formats by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_cifar_binary(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0, learnable: bool = True) -> Path:
+    """A CIFAR-10 binary-version folder (3073-byte records) with ``n_train`` + ``n_test`` images.
+
+    With ``learnable`` each class gets its own mean colour, so a few steps of
+    training visibly lower the loss.
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def records(n: int) -> bytes:
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        pix = rng.integers(0, 256, (n, 3, 32, 32)).astype(np.int32)
+        if learnable:
+            colours = (np.arange(30).reshape(10, 3) * 37) % 256
+            pix = (pix // 2 + colours[labels][:, :, None, None] // 2).astype(np.int32)
+        rec = np.concatenate([labels[:, None], pix.reshape(n, -1).astype(np.uint8)], axis=1)
+        return rec.astype(np.uint8).tobytes()
+
+    (folder / "data_batch_1.bin").write_bytes(records(n_train))
+    (folder / "test_batch.bin").write_bytes(records(n_test))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta.txt").write_text("\n".join(names) + "\n")
+    return folder
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path_factory) -> Path:
+    return write_cifar_binary(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own dataset cache, never the user's ~/.cache."""
+    monkeypatch.setenv("EDGESMITH_CACHE", str(tmp_path_factory.mktemp("cache")))

@@ -1,0 +1,1 @@
+"""Training: datasets, model zoo, engine, checkpoints and ONNX export."""
