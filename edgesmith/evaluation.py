@@ -16,7 +16,7 @@ from trainer.data.augment import Normalizer
 from trainer.data.loader import make_loader
 from trainer.engine.evaluate import EvalResult, evaluate_model, result_from_logits
 from trainer.engine.setup import resolve_device
-from trainer.export import onnx_logits
+from trainer.export import OnnxClassifier
 
 
 @dataclass
@@ -92,10 +92,11 @@ def evaluate_onnx(onnx_path: str | Path, *, run_dir: str | Path | None = None, d
     std = std or (pre["std"] if pre else [1.0, 1.0, 1.0])
     m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
     s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    classifier = OnnxClassifier(onnx_path)
     logits, labels = [], []
     for x, y in _uint8_batches(ds, split, batch_size):
         xf = (x.numpy().astype(np.float32) / 255.0 - m) / s
-        logits.append(onnx_logits(onnx_path, xf, batch_size=batch_size))
+        logits.append(classifier.logits(xf, batch_size=batch_size))
         labels.append(y.numpy())
     all_logits = np.concatenate(logits)
     if all_logits.shape[1] != len(ds.classes):

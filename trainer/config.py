@@ -243,6 +243,10 @@ def validate(cfg: TrainConfig) -> None:
         (0 < cfg.schedule.pct_start < 1, "schedule.pct_start", "in (0, 1)", cfg.schedule.pct_start),
         (cfg.data.num_workers >= 0, "data.num_workers", "an integer >= 0", cfg.data.num_workers),
     ]
+    from trainer.models import model_names  # here, not at import time: the models pull in torch
+
+    if cfg.model.name not in model_names():
+        raise ConfigError(f"unknown model '{cfg.model.name}'; choose from: {', '.join(model_names())}")
     for ok, key, expected, actual in checks:
         if not ok:
             raise ConfigError(f"{key}: expected {expected}, got {actual!r}")

@@ -111,20 +111,30 @@ def export_onnx(
     return report
 
 
+class OnnxClassifier:
+    """An ONNX classifier loaded once into onnxruntime (CPU), run on batch after batch."""
+
+    def __init__(self, onnx_path: str | os.PathLike) -> None:
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise ExportError(f"no ONNX model at {self.path}; export one first (edgesmith export)")
+        try:
+            self.session = _session(str(self.path))
+        except Exception as e:  # onnxruntime raises its own pybind error types
+            raise ExportError(f"onnxruntime cannot load {self.path}: {e}") from e
+
+    def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """float32 logits for NCHW ``images`` (rank, channels and size checked against the model)."""
+        return _run_session(self.session, images, batch_size, str(self.path))
+
+
 def onnx_logits(onnx_path: str | os.PathLike, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Run an ONNX classifier in onnxruntime (CPU) over NCHW ``images`` and return float32 logits.
 
     The images' rank, channels and size are checked against the model's declared input
     shape. Models with a fixed batch size are fed in batches of exactly that size.
     """
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise ExportError(f"no ONNX model at {path}; export one first (edgesmith export)")
-    try:
-        session = _session(str(path))
-    except Exception as e:  # onnxruntime raises its own pybind error types
-        raise ExportError(f"onnxruntime cannot load {path}: {e}") from e
-    return _run_session(session, images, batch_size, str(path))
+    return OnnxClassifier(onnx_path).logits(images, batch_size)
 
 
 # --------------------------------------------------------------------------- export

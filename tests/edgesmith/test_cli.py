@@ -123,3 +123,34 @@ def test_sigterm_checkpoints_exits_130_and_resume_completes(tiny_cifar, tmp_path
     assert [e["interrupted"] for e in m["lineage"]] == [True, False]
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"type": "step"' in x]
     assert steps == list(range(1, 60 * 4 + 1))  # no step lost or repeated across the interruption
+
+
+def test_large_image_folder_streams_through_workers_and_exports(tmp_path, capsys):
+    """Images larger than CIFAR scale are not cached: DataLoader workers decode and resize them."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "parts"
+    for split, n in (("train", 8), ("val", 4)):
+        for c, colour in enumerate(((200, 30, 30), (30, 200, 30), (30, 30, 200))):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = np.clip(rng.normal(colour, 40, (96, 120, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.jpg")
+    from trainer.data import FileSplit, open_dataset
+
+    assert isinstance(open_dataset(root, image_size=(48, 40)).train, FileSplit)
+    run = tmp_path / "run"
+    rc = main(["train", "--data", str(root), "--epochs", "2", "--out", str(run), "--model", "resnet8",
+               "--batch-size", "8", "--device", "cpu", "--no-progress",
+               "--set", "data.image_size=[48, 40]", "--set", "data.num_workers=1"])
+    assert rc == 0, capsys.readouterr().err
+    m = load_manifest(run)
+    assert m["dataset"]["format"] == "imagefolder" and m["dataset"]["num_train"] == 24
+    assert m["model"]["preprocessing"]["image_size"] == [48, 40]
+    assert m["artifacts"]["model.onnx"]["parity"]["num_images"] == 12
+    capsys.readouterr()
+    assert main(["eval", str(run), "--onnx", str(run / "model.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 12

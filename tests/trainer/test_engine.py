@@ -112,3 +112,25 @@ def test_ema_and_adamw_cosine_run_and_resume_restores_ema(tiny_cifar, tmp_path):
     raw = ckpt.state_dict["fc.weight"]
     assert torch.allclose(result.model.state_dict()["fc.weight"], ckpt.extra_tensors["ema.fc.weight"])
     assert not torch.equal(raw, ckpt.extra_tensors["ema.fc.weight"])
+
+
+def test_bf16_autocast_and_torch_compile_on_cpu(tiny_cifar, tmp_path):
+    """amp=on (bf16 autocast on CPU) and torch.compile run the real loop; the shipped model is plain fp32."""
+    cfg = tiny_config(tiny_cifar, epochs=1, amp="on", compile=True, channels_last=False)
+    result = train(cfg, tmp_path / "run", show_progress=False)
+    assert result.metrics["precision"] == "bf16"
+    losses = step_losses(tmp_path / "run")
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert not hasattr(result.model, "_orig_mod")
+    # checkpoint keys are the plain module's, loadable without torch.compile
+    assert "fc.weight" in load_checkpoint(tmp_path / "run").state_dict
+
+
+def test_unknown_device_request_is_clear(tiny_cifar, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the error path is for machines without it")
+    from edgesmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no CUDA device is visible.*use --device cpu"):
+        train(tiny_config(tiny_cifar, device="cuda"), tmp_path / "run", show_progress=False)

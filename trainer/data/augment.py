@@ -35,20 +35,22 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator, shard: tupl
     """Zero-pad by ``padding`` and crop back to the input size at a random offset per image.
 
     ``shard = (offset, global_batch)`` places this batch inside the global batch (DDP).
+    The crop gathers whole rows, then columns, in NHWC order: the loaders hand out
+    NCHW *views* of NHWC memory, so this moves contiguous runs of bytes.
     """
     if padding <= 0:
         return x
     n, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
     oy = _draw_int(2 * padding + 1, x, gen, shard)
     ox = _draw_int(2 * padding + 1, x, gen, shard)
-    rows = (oy[:, None] + torch.arange(h, device=x.device)[None, :])  # [N, H]
-    cols = (ox[:, None] + torch.arange(w, device=x.device)[None, :])  # [N, W]
-    batch_idx = torch.arange(n, device=x.device)[:, None, None, None]
-    chan_idx = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
-
-
+    hp, wp = h + 2 * padding, w + 2 * padding
+    nhwc = F.pad(x.permute(0, 2, 3, 1), (0, 0, padding, padding, padding, padding))  # [N, Hp, Wp, C]
+    # One flat gather of C-byte pixels: pixel (i, j) of image b comes from (oy_b + i, ox_b + j).
+    base = torch.arange(h, device=x.device)[:, None] * wp + torch.arange(w, device=x.device)[None, :]  # [H, W]
+    flat = (oy * wp + ox)[:, None] + base.reshape(1, -1)  # [N, H*W]
+    batch_idx = torch.arange(n, device=x.device)[:, None]
+    out = nhwc.reshape(n, hp * wp, c)[batch_idx, flat].view(n, h, w, c)
+    return out.permute(0, 3, 1, 2)  # NCHW view of NHWC memory (channels_last)
 def random_flip(x: torch.Tensor, gen: torch.Generator, shard: tuple[int, int] | None = None) -> torch.Tensor:
     """Flip each image horizontally with probability 1/2."""
     flip = _draw_int(2, x, gen, shard) == 1

@@ -120,7 +120,9 @@ def train(
     """Train ``cfg.model`` on ``cfg.data``; write checkpoints and metrics into ``run_dir``.
 
     ``on_step(global_step, model, stop)`` is called after every optimizer step with the
-    unwrapped model (tests and API users can inspect it, or call ``stop.request()``). Returns even when interrupted
+    unwrapped model (tests and API users can inspect it, or call ``stop.request()``).
+    ``show_progress`` switches the live progress bar (terminals only); the main process
+    prints one line per epoch either way. Returns even when interrupted
     (``result.interrupted``), after writing a checkpoint to resume from.
     """
     run_dir = Path(run_dir)
@@ -235,8 +237,8 @@ def train(
     interrupted, stop_reason = False, ""
     last_val: EvalResult | None = None
     epoch = start_epoch
-    with StopRequest() as stop, TrainProgress(enabled=dist.is_main and show_progress,
-                                              total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch) as progress:
+    with StopRequest() as stop, TrainProgress(enabled=dist.is_main, live=show_progress, total_epochs=cfg.epochs,
+                                              steps_per_epoch=steps_per_epoch) as progress:
         while epoch < cfg.epochs and not (cfg.max_steps and global_step >= cfg.max_steps):
             train_model.train()
             progress.start_epoch(epoch, start_batch)

@@ -50,10 +50,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 class TrainProgress:
     """A rich progress bar on a terminal; one plain line per epoch elsewhere (CI, logs)."""
 
-    def __init__(self, *, enabled: bool, total_epochs: int, steps_per_epoch: int) -> None:
+    def __init__(self, *, enabled: bool, live: bool, total_epochs: int, steps_per_epoch: int) -> None:
         self.console = Console(file=sys.stderr)
         self.enabled = enabled
-        self.live = enabled and self.console.is_terminal
+        self.live = enabled and live and self.console.is_terminal
         self.total_epochs, self.steps_per_epoch = total_epochs, steps_per_epoch
         self.progress: Progress | None = None
         self.task = None
