@@ -21,6 +21,14 @@ def test_yaml_and_overrides_land_in_nested_dataclasses(tmp_path):
     assert cfg.epochs == 2
 
 
+def test_scientific_notation_without_a_dot_is_a_number():
+    data = {}
+    apply_override(data, "optim.weight_decay=1e-4")  # YAML 1.1 would read this as a string
+    assert config_from_dict(data).optim.weight_decay == 1e-4
+    with pytest.raises(ConfigError, match="optim.lr: expected a number, got str 'fast'"):
+        config_from_dict({"optim": {"lr": "fast"}})
+
+
 def test_int_widens_to_float_but_float_is_not_an_int():
     assert config_from_dict({"optim": {"lr": 1}}).optim.lr == 1.0
     with pytest.raises(ConfigError, match="epochs: expected an integer, got float"):

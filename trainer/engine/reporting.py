@@ -96,7 +96,7 @@ class TrainProgress:
 
     def epoch_line(self, text: str) -> None:
         if self.enabled:
-            self.console.print(text, highlight=False)
+            self.console.print(text, highlight=False, soft_wrap=True)
 
 
 class PhaseTimer:
