@@ -76,6 +76,17 @@ def test_interrupt_and_resume_reproduce_the_uninterrupted_loss_sequence(tiny_cif
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_on_different_data_is_refused(tiny_cifar, tmp_path):
+    from edgesmith.errors import CheckpointError
+    from conftest import write_cifar_binary
+
+    cfg = tiny_config(tiny_cifar, epochs=2)
+    train(cfg, tmp_path / "run", on_step=lambda s, m, stop: stop.request() if s == 2 else None, show_progress=False)
+    other = write_cifar_binary(tmp_path / "other", seed=9)
+    with pytest.raises(CheckpointError, match="not the data this run was trained on"):
+        train(tiny_config(other, epochs=2), tmp_path / "run", resume=True, show_progress=False)
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_cifar, tmp_path):
     cfg = tiny_config(tiny_cifar, epochs=3)
 

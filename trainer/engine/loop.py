@@ -174,6 +174,13 @@ def train(
         model.load_state_dict({k: v.to(device) for k, v in ckpt.state_dict.items()})
         optimizer.load_state_dict(ckpt.optimizer_state)
         st = ckpt.train_state
+        saved_hash = st.get("dataset", {}).get("content_hash")
+        if saved_hash and saved_hash != ds.content_hash:
+            raise CheckpointError(
+                f"the data at {ds.source} is not the data this run was trained on (content hash "
+                f"{ds.content_hash[:12]} vs {saved_hash[:12]} in the checkpoint); resume on the same data, "
+                "or start a new run"
+            )
         start_epoch, start_batch, global_step = st["epoch"], st["next_batch"], st["global_step"]
         elapsed_before = st.get("elapsed_s", 0.0)
         history = st.get("history", [])
@@ -325,7 +332,7 @@ def train(
     wall = elapsed_before + time.perf_counter() - t_start
     final_model = _export_copy(ema.module if ema else model)
     metrics: dict[str, Any] = {
-        "epochs_completed": epoch if not interrupted else epoch,
+        "epochs_completed": epoch,
         "global_step": global_step,
         "train_time_s": round(wall, 3),
         "precision": precision.name,
