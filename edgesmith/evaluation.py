@@ -90,13 +90,11 @@ def evaluate_onnx(onnx_path: str | Path, *, run_dir: str | Path | None = None, d
         _check_classes(classes, ds)
     mean = mean or (pre["mean"] if pre else [0.0, 0.0, 0.0])
     std = std or (pre["std"] if pre else [1.0, 1.0, 1.0])
-    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    normalize = Normalizer(mean, std, torch.device("cpu"), channels_last=False)
     classifier = OnnxClassifier(onnx_path)
     logits, labels = [], []
     for x, y in _uint8_batches(ds, split, batch_size):
-        xf = (x.numpy().astype(np.float32) / 255.0 - m) / s
-        logits.append(classifier.logits(xf, batch_size=batch_size))
+        logits.append(classifier.logits(normalize(x).contiguous().numpy(), batch_size=batch_size))
         labels.append(y.numpy())
     all_logits = np.concatenate(logits)
     if all_logits.shape[1] != len(ds.classes):

@@ -16,6 +16,7 @@ from edgesmith.manifest import load_manifest, new_manifest, now_iso, record_arti
 from trainer.checkpoint import CHECKPOINT_FILE, OPTIMIZER_FILE
 from trainer.config import TrainConfig
 from trainer.data import ArraySplit, Dataset
+from trainer.data.augment import Normalizer
 from trainer.data.loader import make_loader
 from trainer.engine import TrainResult, train
 from trainer.engine.distributed import shutdown_distributed
@@ -35,9 +36,7 @@ def parity_batch(ds: Dataset, preprocessing: dict[str, Any], n: int = PARITY_IMA
         loader = make_loader(split, batch_size=n, train=False, device=torch.device("cpu"), seed=0,
                              image_size=tuple(ds.image_size), num_workers=0)
         _, x, _ = next(loader.iterate(0))
-    mean = torch.tensor(preprocessing["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(preprocessing["std"]).view(1, -1, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    return Normalizer(preprocessing["mean"], preprocessing["std"], torch.device("cpu"), channels_last=False)(x)
 
 
 def train_and_export(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
