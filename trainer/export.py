@@ -117,7 +117,7 @@ class OnnxClassifier:
     def __init__(self, onnx_path: str | os.PathLike) -> None:
         self.path = Path(onnx_path)
         if not self.path.is_file():
-            raise ExportError(f"no ONNX model at {self.path}; export one first (edgesmith export)")
+            raise ExportError(f"no ONNX model at {self.path}; `edgesmith train` writes model.onnx into the run directory")
         try:
             self.session = _session(str(self.path))
         except Exception as e:  # onnxruntime raises its own pybind error types

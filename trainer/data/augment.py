@@ -35,8 +35,8 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator, shard: tupl
     """Zero-pad by ``padding`` and crop back to the input size at a random offset per image.
 
     ``shard = (offset, global_batch)`` places this batch inside the global batch (DDP).
-    The crop gathers whole rows, then columns, in NHWC order: the loaders hand out
-    NCHW *views* of NHWC memory, so this moves contiguous runs of bytes.
+    The crop is one flat gather of whole pixels (C bytes each) in NHWC order: the loaders
+    hand out NCHW *views* of NHWC memory, and the result is again channels_last.
     """
     if padding <= 0:
         return x
@@ -51,6 +51,8 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator, shard: tupl
     batch_idx = torch.arange(n, device=x.device)[:, None]
     out = nhwc.reshape(n, hp * wp, c)[batch_idx, flat].view(n, h, w, c)
     return out.permute(0, 3, 1, 2)  # NCHW view of NHWC memory (channels_last)
+
+
 def random_flip(x: torch.Tensor, gen: torch.Generator, shard: tuple[int, int] | None = None) -> torch.Tensor:
     """Flip each image horizontally with probability 1/2."""
     flip = _draw_int(2, x, gen, shard) == 1
