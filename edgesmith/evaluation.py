@@ -30,7 +30,8 @@ class EvalReport:
         return {"model": self.model_desc, "data": self.data_desc, **self.result.to_dict(self.classes)}
 
 
-def _open_eval_data(data: str | None, run_cfg: dict | None) -> Dataset:
+def open_eval_data(data: str | None, run_cfg: dict | None) -> Dataset:
+    """The dataset to evaluate on: ``data`` if given, else the one in the run config (same val carve)."""
     dcfg = (run_cfg or {}).get("data", {})
     path = data if data is not None else dcfg.get("path")
     if path is None:
@@ -66,7 +67,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str = "
     """Evaluate the run's checkpoint (PyTorch) on ``split`` of ``data`` (default: the data it was trained on)."""
     ckpt = load_checkpoint(run_dir)
     st = ckpt.train_state
-    ds = _open_eval_data(data, st.get("config"))
+    ds = open_eval_data(data, st.get("config"))
     _check_classes(st["classes"], ds)
     dev = resolve_device(device)
     model = build_model_from_checkpoint(ckpt).to(dev)
@@ -85,7 +86,7 @@ def evaluate_onnx(onnx_path: str | Path, *, run_dir: str | Path | None = None, d
     if run_dir is not None:
         st = load_checkpoint(run_dir).train_state
         run_cfg, classes, pre = st.get("config"), st["classes"], st["preprocessing"]
-    ds = _open_eval_data(data, run_cfg)
+    ds = open_eval_data(data, run_cfg)
     if classes is not None:
         _check_classes(classes, ds)
     mean = mean or (pre["mean"] if pre else [0.0, 0.0, 0.0])

@@ -42,6 +42,12 @@ def parity_batch(ds: Dataset, preprocessing: dict[str, Any], n: int = PARITY_IMA
 def train_and_export(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
                      show_progress: bool = True) -> TrainResult:
     """Train, then (on the main process of a completed run) export ONNX and write the manifest."""
+    from trainer.models.nanodet import is_detector
+
+    if is_detector(cfg.model.name):  # detectors export raw head outputs + postprocess.json
+        from edgesmith.detection import train_and_export_detector
+
+        return train_and_export_detector(cfg, run_dir, resume=resume, show_progress=show_progress)
     try:
         result = train(cfg, Path(run_dir), resume=resume, show_progress=show_progress)
         if result.dist.is_main:

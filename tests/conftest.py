@@ -43,3 +43,35 @@ def tiny_cifar(tmp_path_factory) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test gets its own dataset cache, never the user's ~/.cache."""
     monkeypatch.setenv("EDGESMITH_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+TINY_TRAIN = ["--model", "resnet8", "--width-mult", "0.5", "--batch-size", "16", "--device", "cpu", "--no-progress",
+              "--epochs", "1"]
+
+
+@pytest.fixture(scope="session")
+def pristine_run(tmp_path_factory):
+    """ResNet-8 (x0.5) trained one epoch on a 96-image CIFAR-format set (checkpoint, model.onnx, manifest).
+
+    Shared by the stage tests: never modify it, copy it (the ``run`` fixture).
+    """
+    from edgesmith.cli import main
+
+    root = tmp_path_factory.mktemp("pristine")
+    data = write_cifar_binary(root / "data", n_train=96, n_test=32)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGESMITH_CACHE", str(root / "cache"))
+    run = root / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), *TINY_TRAIN]) == 0
+    yield run
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def run(pristine_run, tmp_path_factory):
+    """This test module's own copy of the tiny trained run."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("run") / "run"
+    shutil.copytree(pristine_run, copy)
+    return copy

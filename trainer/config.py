@@ -68,10 +68,36 @@ class ScheduleConfig:
 
 
 @dataclass
+class DetectionAugmentConfig:
+    flip: float = 0.5  # probability of a horizontal flip
+    scale: list[float] = field(default_factory=lambda: [0.6, 1.4])  # zoom range around the letterbox fit
+    translate: float = 0.2  # max shift as a fraction of the input size
+    hsv: list[float] = field(default_factory=lambda: [0.015, 0.7, 0.4])  # hue, saturation, value gains
+    mosaic: float = 0.0  # probability of a 4-image mosaic
+
+
+@dataclass
+class DetectionConfig:
+    """Detector-only settings (used when model.name is a nanodet-* model; data.image_size is the input)."""
+
+    assigner: Literal["auto", "atss", "dynamic"] = "auto"  # auto: the model's own (m: atss, plus: dynamic)
+    init_backbone: Optional[str] = None  # run directory of a shufflenetv2 classifier with the same width_mult
+    qfl_weight: float = 1.0
+    dfl_weight: float = 0.25
+    giou_weight: float = 2.0
+    score_thr: float = 0.05  # evaluation / export post-processing
+    iou_thr: float = 0.6  # class-aware NMS IoU threshold
+    max_det: int = 100  # detections kept per image
+    eval_every: int = 1  # epochs between mAP evaluations (the last epoch is always evaluated)
+    augment: DetectionAugmentConfig = field(default_factory=DetectionAugmentConfig)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     epochs: int = 10
@@ -261,3 +287,33 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.image_size: expected [height, width] with both >= 8, got {cfg.data.image_size!r}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas: expected two numbers, got {cfg.optim.betas!r}")
+    _validate_detection(cfg)
+
+
+def _validate_detection(cfg: TrainConfig) -> None:
+    """Range checks of the detection section, and the input size a detector needs."""
+    d, a = cfg.detection, cfg.detection.augment
+    checks = [
+        (d.qfl_weight >= 0 and d.dfl_weight >= 0 and d.giou_weight >= 0, "detection.*_weight", "numbers >= 0",
+         [d.qfl_weight, d.dfl_weight, d.giou_weight]),
+        (0 <= d.score_thr < 1, "detection.score_thr", "in [0, 1)", d.score_thr),
+        (0 < d.iou_thr <= 1, "detection.iou_thr", "in (0, 1]", d.iou_thr),
+        (d.max_det >= 1, "detection.max_det", "an integer >= 1", d.max_det),
+        (d.eval_every >= 1, "detection.eval_every", "an integer >= 1", d.eval_every),
+        (0 <= a.flip <= 1, "detection.augment.flip", "a probability in [0, 1]", a.flip),
+        (0 <= a.mosaic <= 1, "detection.augment.mosaic", "a probability in [0, 1]", a.mosaic),
+        (0 <= a.translate < 1, "detection.augment.translate", "in [0, 1)", a.translate),
+        (len(a.scale) == 2 and 0 < a.scale[0] <= a.scale[1], "detection.augment.scale", "[low, high] with 0 < low <= high", a.scale),
+        (len(a.hsv) == 3 and all(0 <= g <= 1 for g in a.hsv), "detection.augment.hsv", "three gains in [0, 1]", a.hsv),
+    ]
+    for ok, key, expected, actual in checks:
+        if not ok:
+            raise ConfigError(f"{key}: expected {expected}, got {actual!r}")
+    from trainer.models.nanodet import is_detector
+
+    if is_detector(cfg.model.name) and cfg.data.image_size is not None:
+        if any(v % 32 for v in cfg.data.image_size):
+            raise ConfigError(
+                f"data.image_size: a {cfg.model.name} input must be a multiple of 32 on both sides, got "
+                f"{cfg.data.image_size!r}; e.g. [320, 320] or [416, 416]"
+            )

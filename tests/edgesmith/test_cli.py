@@ -71,7 +71,7 @@ def test_eval_any_onnx_without_run_dir(trained_run, tiny_cifar, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "--model", "resnet50"], "unknown model 'resnet50'; choose from: resnet18, resnet8"),
+        (["train", "--model", "resnet50"], "unknown model 'resnet50'; choose from: nanodet-m, nanodet-mcu, nanodet-plus-m, resnet18, resnet8, shufflenetv2"),
         (["train", "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
         (["train", "--set", "epochs=abc"], "epochs: expected an integer, got str 'abc'"),
         (["train", "--set", "optim.name=adam"], "choose from: sgd, adamw"),

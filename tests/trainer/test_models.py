@@ -48,6 +48,7 @@ def test_resnet18_cifar_variant_and_width_multiplier():
 
 
 def test_unknown_model_lists_choices():
-    with pytest.raises(ConfigError, match=r"unknown model 'resnet50'; choose from: resnet18, resnet8"):
+    names = "nanodet-m, nanodet-mcu, nanodet-plus-m, resnet18, resnet8, shufflenetv2"
+    with pytest.raises(ConfigError, match=rf"unknown model 'resnet50'; choose from: {names}"):
         build_model("resnet50", num_classes=10)
-    assert model_names() == ["resnet18", "resnet8"]
+    assert model_names() == names.split(", ")

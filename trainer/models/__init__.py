@@ -11,11 +11,14 @@ from typing import Callable
 from torch import nn
 
 from edgesmith.errors import ConfigError
+from trainer.models.nanodet import DETECTOR_BUILDERS, shufflenetv2
 from trainer.models.resnet import resnet8, resnet18
 
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet8": resnet8,
+    "shufflenetv2": shufflenetv2,
+    **DETECTOR_BUILDERS,  # nanodet-m, nanodet-plus-m, nanodet-mcu
 }
 
 
@@ -30,6 +33,8 @@ def build_model(name: str, *, num_classes: int, width_mult: float = 1.0, in_chan
         raise ConfigError(f"unknown model '{name}'; choose from: {', '.join(model_names())}")
     if width_mult <= 0:
         raise ConfigError(f"width_mult must be > 0, got {width_mult}")
-    if num_classes < 2:
-        raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
+    # a detector may have one class (raccoon): background is implicit in its sigmoid scores
+    min_classes = 1 if name in DETECTOR_BUILDERS else 2
+    if num_classes < min_classes:
+        raise ConfigError(f"num_classes must be >= {min_classes} for {name}, got {num_classes}")
     return MODEL_BUILDERS[name](num_classes=num_classes, width_mult=width_mult, in_channels=in_channels)

@@ -1,0 +1,191 @@
+"""Detector stages behind the CLI: train → export ONNX (+ post-process JSON, parity) → manifest;
+``eval`` (COCO mAP of a run) and ``detect`` (PNG files with boxes and labels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgesmith.errors import ConfigError, DataError
+from edgesmith.manifest import load_manifest, new_manifest, now_iso, record_artifact, write_manifest
+from trainer.checkpoint import CHECKPOINT_FILE, OPTIMIZER_FILE, Checkpoint, build_model_from_checkpoint, load_checkpoint
+from trainer.config import TrainConfig
+from trainer.data.augment import Normalizer
+from trainer.data.detection import letterbox, open_detection_dataset, undo_letterbox
+from trainer.detection.evaluate import LETTERBOX_PAD, evaluate_detector, letterboxed_batches, to_input
+from trainer.detection.export import POSTPROCESS_FILE, export_detector_onnx
+from trainer.detection.postprocess import postprocess
+from trainer.detection.postprocess_np import PostprocessParams
+from trainer.detection.train import postprocess_params, train_detector
+from trainer.engine import TrainResult
+from trainer.engine.distributed import shutdown_distributed
+from trainer.engine.loop import METRICS_FILE
+from trainer.engine.setup import resolve_device
+
+ONNX_FILE = "model.onnx"
+PARITY_IMAGES = 16  # real validation images compared between PyTorch and onnxruntime
+
+
+def is_detection_checkpoint(ckpt: Checkpoint) -> bool:
+    """True for a checkpoint written by the detector training loop."""
+    return ckpt.train_state.get("task") == "detection"
+
+
+def train_and_export_detector(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
+                              show_progress: bool = True) -> TrainResult:
+    """Train a detector, then (main process, completed run) export ONNX + postprocess.json and the manifest."""
+    try:
+        result = train_detector(cfg, Path(run_dir), resume=resume, show_progress=show_progress)
+        if result.dist.is_main:
+            _write_run_files(result)
+    finally:
+        shutdown_distributed()
+    return result
+
+
+def _parity_images(result: TrainResult, hw: tuple[int, int]) -> torch.Tensor:
+    split = result.dataset.val if len(result.dataset.val) else result.dataset.train
+    images, _, _ = next(letterboxed_batches(split, hw, PARITY_IMAGES))
+    pre = result.preprocessing
+    return to_input(images, Normalizer(pre["mean"], pre["std"], torch.device("cpu"), False), torch.device("cpu"))
+
+
+def _write_run_files(result: TrainResult) -> None:
+    run_dir = result.run_dir
+    try:
+        manifest = load_manifest(run_dir)
+    except Exception:
+        manifest = new_manifest(result.config.to_dict())
+    cfg = result.config
+    manifest["config"] = cfg.to_dict()
+    manifest["status"] = "interrupted" if result.interrupted else "trained"
+    manifest["model"] = {
+        "name": cfg.model.name,
+        "args": {"num_classes": len(result.classes), "width_mult": cfg.model.width_mult, "in_channels": 3},
+        "task": "detection", "classes": result.classes, "preprocessing": result.preprocessing,
+    }
+    ds = result.dataset
+    manifest["dataset"] = {"format": ds.format, "source": ds.source, "content_hash": ds.content_hash,
+                           "classes": list(ds.classes), "val_is_carved": ds.val_is_carved,
+                           "num_train": len(ds.train), "num_val": len(ds.val)}
+    manifest["metrics"]["train"] = result.metrics
+    if result.profile:
+        manifest["metrics"]["profile"] = result.profile
+    for name, kind in ((CHECKPOINT_FILE, "checkpoint"), (OPTIMIZER_FILE, "optimizer_state"), (METRICS_FILE, "metrics")):
+        if (run_dir / name).exists():
+            record_artifact(manifest, run_dir, name, kind=kind)
+    if not result.interrupted:
+        params = postprocess_params(cfg, len(result.classes))
+        report = export_detector_onnx(result.model, run_dir / ONNX_FILE, params,
+                                      parity_inputs=_parity_images(result, params.input_hw),
+                                      metadata={"classes": result.classes, "preprocessing": result.preprocessing})
+        record_artifact(manifest, run_dir, ONNX_FILE, kind="onnx_fp32_detector", opset=17,
+                        parity=report.to_dict() if report else None)
+        record_artifact(manifest, run_dir, POSTPROCESS_FILE, kind="detection_postprocess")
+    resumed = any(e.get("stage") == "train" for e in manifest["lineage"])
+    manifest["lineage"].append({"stage": "train", "time": now_iso(), "resumed": resumed,
+                                "interrupted": result.interrupted, "outputs": sorted(manifest["artifacts"])})
+    write_manifest(run_dir, manifest)
+
+
+@dataclass
+class DetectionEvalReport:
+    metrics: dict[str, Any]
+    classes: list[str]
+    model_desc: str
+    data_desc: str
+
+    def to_dict(self) -> dict:
+        return {"model": self.model_desc, "data": self.data_desc, **self.metrics}
+
+
+def _run_params(ckpt: Checkpoint, score_thr: float | None = None) -> PostprocessParams:
+    d = dict(ckpt.train_state["postprocess"])
+    if score_thr is not None:
+        if not 0 <= score_thr < 1:
+            raise ConfigError(f"--score-thr must be in [0, 1), got {score_thr}")
+        d["score_thr"] = score_thr
+    return PostprocessParams.from_dict(d)
+
+
+def evaluate_detection_run(run_dir: str | Path, *, data: str | None = None, split: str = "val",
+                           device: str = "auto", batch_size: int = 16) -> DetectionEvalReport:
+    """COCO mAP of a detector run's checkpoint on ``split`` of ``data`` (default: its training data)."""
+    ckpt = load_checkpoint(run_dir, load_optimizer=False)
+    st = ckpt.train_state
+    cfg = st.get("config", {})
+    path = data if data is not None else cfg.get("data", {}).get("path")
+    ds = open_detection_dataset(path, val_fraction=cfg.get("data", {}).get("val_fraction", 0.1),
+                                seed=cfg.get("seed", 0))
+    if list(ds.classes) != list(st["classes"]):
+        raise DataError(f"the dataset's classes {ds.classes[:10]} do not match the model's {st['classes'][:10]}; "
+                        "evaluate on data with the same class names")
+    dev = resolve_device(device)
+    model = build_model_from_checkpoint(ckpt).to(dev)
+    metrics = evaluate_detector(model, getattr(ds, split), list(ds.classes), _run_params(ckpt),
+                                st["preprocessing"], dev, batch_size)
+    return DetectionEvalReport(metrics, list(ds.classes), f"{ckpt.model_name} (PyTorch, {run_dir})",
+                               f"{ds.source} [{split}]")
+
+
+def detect(run_dir: str | Path, images: list[str | Path], out_dir: str | Path, *, score_thr: float | None = None,
+           device: str = "auto") -> list[Path]:
+    """Run a detector run on image files; write ``<out_dir>/<stem>.png`` with boxes and labels drawn."""
+    from PIL import Image
+
+    ckpt = load_checkpoint(run_dir, load_optimizer=False)
+    if not is_detection_checkpoint(ckpt):
+        raise ConfigError(f"{run_dir} is a '{ckpt.model_name}' classifier run; `edgesmith detect` needs a detector run "
+                          "(trained with --model nanodet-m, nanodet-plus-m or nanodet-mcu)")
+    st = ckpt.train_state
+    params, pre, classes = _run_params(ckpt, score_thr), st["preprocessing"], st["classes"]
+    dev = resolve_device(device)
+    model = build_model_from_checkpoint(ckpt).to(dev)
+    normalizer = Normalizer(pre["mean"], pre["std"], dev, channels_last=False)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in map(Path, images):
+        try:
+            with Image.open(path) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read image {path}: {e}; pass JPEG/PNG/BMP image files") from None
+        boxed, _, info = letterbox(rgb, None, params.input_hw, LETTERBOX_PAD)
+        with torch.no_grad():
+            outputs = model(to_input(boxed[None], normalizer, dev))
+        (boxes, scores, labels), = postprocess(outputs, params)
+        boxes = undo_letterbox(boxes.cpu().numpy(), info)
+        target = out_dir / f"{path.stem}.png"
+        draw_detections(rgb, boxes, scores.cpu().numpy(), labels.cpu().numpy(), classes).save(target)
+        written.append(target)
+    return written
+
+
+_PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+            (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128)]
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                    classes: list[str]):
+    """A PIL image with each box outlined in its class colour and labelled ``class score``."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(np.ascontiguousarray(image))
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, round(min(canvas.size) / 200))
+    for box, score, label in zip(boxes, scores, labels):
+        colour = _PALETTE[int(label) % len(_PALETTE)]
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        text = f"{classes[int(label)]} {float(score):.2f}"
+        tx, ty = x1, max(0.0, y1 - 12)
+        left, top, right, bottom = draw.textbbox((tx, ty), text)
+        draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=colour)
+        draw.text((tx, ty), text, fill=(255, 255, 255))
+    return canvas

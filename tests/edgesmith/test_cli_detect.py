@@ -1,0 +1,87 @@
+"""`edgesmith train/eval/detect` with a detector: run directory, mAP printout, PNGs with boxes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgesmith.cli import main
+from trainer.checkpoint import save_checkpoint
+from trainer.detection.synthetic import write_synthetic_voc
+from trainer.models import build_model
+
+
+@pytest.fixture(scope="module")
+def detector_run(tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core machine: one thread is much faster than two
+    root = tmp_path_factory.mktemp("det")
+    data = write_synthetic_voc(root / "voc", n=6, size=96, seed=3)
+    run = root / "run"
+    rc = main(["train", "--model", "nanodet-mcu", "--width-mult", "0.5", "--data", str(data), "--epochs", "2",
+               "--batch-size", "4", "--device", "cpu", "--out", str(run), "--no-progress",
+               "--set", "data.image_size=[64,64]", "--set", "data.num_workers=0", "--set", "optim.name=adamw",
+               "--set", "optim.lr=0.003", "--set", "detection.score_thr=0.0"])
+    torch.set_num_threads(before)
+    assert rc == 0
+    return data, run
+
+
+def test_train_writes_detector_run_directory(detector_run, capsys):
+    _, run = detector_run
+    for name in ("checkpoint.safetensors", "model.onnx", "postprocess.json", "manifest.json", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model"]["task"] == "detection" and manifest["model"]["name"] == "nanodet-mcu"
+    assert manifest["artifacts"]["model.onnx"]["parity"]["passed"]
+
+
+def test_eval_prints_map(detector_run, capsys):
+    _, run = detector_run
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "mAP@[.5:.95]:" in out and "mAP@.5:" in out
+    assert main(["eval", str(run), "--device", "cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0.0 <= report["map50"] <= 1.0 and set(report["per_class"]) <= {"box", "disc"}
+
+
+def test_detect_writes_pngs_with_boxes(detector_run, tmp_path, capsys):
+    data, run = detector_run
+    images = sorted((data / "JPEGImages").glob("*.png"))[:2]
+    out = tmp_path / "out"
+    # score threshold 0: every image gets detections, so boxes are drawn
+    assert main(["detect", str(run), *map(str, images), "--out", str(out), "--score-thr", "0.0",
+                 "--device", "cpu"]) == 0
+    written = sorted(out.glob("*.png"))
+    assert [p.name for p in written] == [p.name for p in images]
+    assert capsys.readouterr().out.split() == [str(p) for p in written]
+    for src, dst in zip(images, written):
+        a, b = np.asarray(Image.open(src).convert("RGB")), np.asarray(Image.open(dst).convert("RGB"))
+        assert a.shape == b.shape  # drawn at the original size, boxes mapped back from the letterbox
+        assert (a != b).any(axis=-1).sum() > 50  # outlines and labels were drawn
+
+    # a higher threshold draws nothing on an untrained model's near-prior scores
+    assert main(["detect", str(run), str(images[0]), "--out", str(tmp_path / "none"), "--score-thr", "0.99",
+                 "--device", "cpu"]) == 0
+    assert (np.asarray(Image.open(tmp_path / "none" / images[0].name).convert("RGB"))
+            == np.asarray(Image.open(images[0]).convert("RGB"))).all()
+
+
+def test_detect_errors_are_user_errors(detector_run, tmp_path, capsys):
+    _, run = detector_run
+    classifier = build_model("resnet8", num_classes=10)
+    save_checkpoint(tmp_path / "cls", model_name="resnet8",
+                    model_args={"num_classes": 10, "width_mult": 1.0, "in_channels": 3},
+                    state_dict=classifier.state_dict(), train_state={"classes": [str(i) for i in range(10)]})
+    assert main(["detect", str(tmp_path / "cls"), "x.png", "--out", str(tmp_path / "o")]) == 2
+    assert "needs a detector run" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert main(["detect", str(run), str(tmp_path / "bad.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert main(["detect", str(run), str(tmp_path / "bad.png"), "--score-thr", "1.5"]) == 2
+    assert "--score-thr" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Object detection: boxes, losses, assigners, post-processing and the COCO mAP metric."""
