@@ -2,8 +2,8 @@
 
 A blob holds a model's **weights table** (:func:`table_entries`, defined by
 :func:`firmware_export.c_table.weight_table`): the graph's constants, then one parameter record
-per op (zero points, clamps, requantization multipliers and shifts, lookup tables), in exactly
-the order the generated C indexes it. Firmware compiled for one graph runs a blob of any graph
+per op (zero points, clamps, requantization multipliers and shifts, lookup tables) and the
+graph inputs' and outputs' quantization, in exactly the order the generated C indexes it. Firmware compiled for one graph runs a blob of any graph
 with the same ``structure_hash()``: the same architecture after retraining *and* requantizing.
 
 Two hashes are in the header (see :mod:`firmware_export.intgraph`): the **structure hash**, which
@@ -25,7 +25,8 @@ is used. Everything is little-endian. Layout (format version 2)::
     20      4     payload offset P = header + table rounded up to 16 (uint32)
     24      4     payload size S in bytes (uint32)
     28      4     constant count K <= N (uint32): entries [0, K) are graph constants in
-                  ``graph.constants()`` order, entries [K, N) per-op parameter records
+                  ``graph.constants()`` order, entries [K, N) per-op parameter records and
+                  last the I/O quantization record (layouts in ``c_table``)
     32      32    structure hash (``bytes.fromhex(graph.structure_hash())``)
     64      32    graph hash (``bytes.fromhex(graph.graph_hash())``)
     96      40*N  table, one entry per weights-table entry:

@@ -23,8 +23,8 @@ retrained, requantized model of the same architecture runs without new code::
     }
 
 The header's ``<PREFIX>_INPUT0_SCALE`` / ``_ZERO_POINT`` (how to (de)quantize graph inputs and
-outputs) describe the compiled-in model: a blob with other input/output quantization needs its
-own values (``blob`` tooling reports them from the graph).
+outputs) describe the compiled-in model; the table's last entry (``<PREFIX>_IO_QUANT_INDEX``)
+carries those of the model actually running, so an application reads them from there.
 
 Float graph edges (a float32 input followed by QUANTIZE, a DEQUANTIZE producing a float32
 output) are stripped: the C model takes and returns int8.
@@ -39,8 +39,8 @@ import numpy as np
 
 from edgesmith import __version__
 from edgesmith.errors import ExportError
-from firmware_export.c_ops import LOWERINGS, OpContext, c_array, c_type, pack_signs
-from firmware_export.c_table import WeightTable, strip_float_edges, weight_table
+from firmware_export.c_ops import LOWERINGS, OpContext, c_array, c_type
+from firmware_export.c_table import WeightTable, pack_signs, strip_float_edges, weight_table
 from firmware_export.intgraph import IntGraph, Tensor
 from firmware_export.planner import MemoryPlan, check_plan, plan_memory
 
@@ -100,7 +100,10 @@ def _header(prefix: str, graph: IntGraph, hashes: tuple[str, str], plan: MemoryP
              f"#define {P}_NUM_INPUTS {len(ins)}", f"#define {P}_NUM_OUTPUTS {len(outs)}",
              "/* weights table: graph constants first, then one parameter record per op */",
              f"#define {P}_NUM_WEIGHTS {len(table.entries)}",
-             f"#define {P}_NUM_CONSTANTS {table.constant_count}"]
+             f"#define {P}_NUM_CONSTANTS {table.constant_count}",
+             "/* table entry with the running model's I/O quantization: int32 {zero point, float32",
+             " * scale bits} per input, then per output (after an update, use these, not the defines below) */",
+             f"#define {P}_IO_QUANT_INDEX {table.io_index}"]
     if weights_section:
         lines.append(f'#define {P}_WEIGHTS_SECTION "{weights_section}"')
     lines += [""] + _io_defines(P, "INPUT", ins) + [""] + _io_defines(P, "OUTPUT", outs) + [""]
@@ -131,7 +134,7 @@ def _weights(prefix: str, table: WeightTable, weights_section: str | None) -> tu
         is_constant = i < table.constant_count
         data = pack_signs(t.data) if t.bits == 1 else np.asarray(t.data)
         packed = " 1-bit packed" if t.bits == 1 else ""
-        what = "weight" if is_constant else "record"
+        what = "weight" if is_constant else ("io record" if i == table.io_index else "record")
         decls.append(f"/* {what} {i}: {t.name} {t.dtype}{list(t.shape)}{packed} */")
         decls.append(c_array(c_type(t), f"{prefix}_w{i}", data, attr if is_constant else ""))
         sizes.append(int(data.size * data.dtype.itemsize) if t.bits == 1 else t.nbytes)

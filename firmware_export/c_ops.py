@@ -18,7 +18,7 @@ import numpy as np
 from edgesmith.errors import ExportError
 from firmware_export import fixedpoint as fp
 from firmware_export.c_table import (CONV_FIELDS, ELTWISE_FIELDS, LUT_SIZE, MEAN_FIELDS, PAD_FIELDS,
-                                     POOL_FIELDS, pack_signs)
+                                     POOL_FIELDS)
 from firmware_export.intgraph import IntGraph, Op, Tensor
 from firmware_export.planner import ARENA, MemoryPlan
 

@@ -1,4 +1,4 @@
-"""The weights table of a C model: graph constants plus one parameter record per op.
+"""The weights table of a C model: graph constants, one parameter record per op, an I/O record.
 
 Generated C (:mod:`firmware_export.c_emitter`) compiles in only what the *structure* of a graph
 fixes: shapes, strides, loop bounds, kernel choice, arena offsets. Every number that follows from
@@ -29,8 +29,16 @@ SOFTMAX                         int32  exp_lut[256] (see es_softmax_s8 in es_run
 RESHAPE, TRANSPOSE, RESIZE_*    —      no record: their C code does not depend on quantization
 ==============================  =====  ===============================================================
 
+3. last, one **I/O record** (int32): for each graph input, then each graph output (after float
+   edges are stripped), its zero point and its float32 scale as raw IEEE-754 bits. The model
+   code never reads it; the application does, to quantize inputs and dequantize outputs with
+   the values of the model that is running (after an update they differ from the compiled-in
+   ``<PREFIX>_INPUT0_SCALE`` defines). :func:`decode_io_record` reads it back.
+
 Every value is computed here with the same expressions as :mod:`firmware_export.reference`, so
-the device stays integer-only and bit-exact. :func:`weight_table` is the one place that defines
+the device stays integer-only and bit-exact. The device trusts record values as it trusts
+weights: the blob's CRCs and the Ed25519 signature (checked by the flasher and the edge agent
+before a slot is written) are what guard them. :func:`weight_table` is the one place that defines
 the order; the C emitter and the blob writer both call it.
 """
 from __future__ import annotations
@@ -67,6 +75,11 @@ class WeightTable:
     constant_count: int
     #: op index -> table index of its parameter record
     record_index: dict[int, int]
+
+    @property
+    def io_index(self) -> int:
+        """Table index of the I/O record (always the last entry)."""
+        return len(self.entries) - 1
 
 
 # --------------------------------------------------------------------------- graph edges
@@ -263,11 +276,29 @@ def op_record(graph: IntGraph, op: Op) -> np.ndarray | None:
     return values.astype(dtype)
 
 
+def io_record(graph: IntGraph) -> np.ndarray:
+    """int32 [zero_point, scale bits] per graph input, then per graph output (``graph`` stripped)."""
+    words = []
+    for name in graph.inputs + graph.outputs:
+        t = graph.tensor(name)
+        bits = int(np.array([t.per_tensor_scale()], np.float32).view(np.int32)[0])
+        words += [t.per_tensor_zero_point(), bits]
+    return np.array(words, np.int32)
+
+
+def decode_io_record(data: np.ndarray) -> list[tuple[float, int]]:
+    """(scale, zero point) per graph input, then per graph output, from an I/O record."""
+    words = np.asarray(data, np.int32).reshape(-1, 2)
+    scales = words[:, 1].copy().view(np.float32)
+    return [(float(s), int(z)) for s, z in zip(scales, words[:, 0])]
+
+
 def weight_table(graph: IntGraph) -> WeightTable:
     """The table a C model of ``graph`` reads, in the order the generated code indexes it.
 
     Float edges are stripped first, as the C emitter does. Records are ``Tensor`` objects named
-    ``"<op name or kind>#<op index>.params"`` (1-D, int8 or int32, no quantization).
+    ``"<op name or kind>#<op index>.params"`` (1-D, int8 or int32, no quantization), then the
+    I/O record ``"io.quantization"``.
     """
     g = strip_float_edges(graph)
     consts = g.constants()
@@ -281,9 +312,12 @@ def weight_table(graph: IntGraph) -> WeightTable:
         dtype = "int8" if rec.dtype == np.int8 else "int32"
         entries.append(Tensor(f"{op.name or op.kind}#{k}.params", (int(rec.size),), dtype, data=rec,
                               bits=8 if dtype == "int8" else 32))
+    io = io_record(g)
+    entries.append(Tensor("io.quantization", (int(io.size),), "int32", data=io, bits=32))
     return WeightTable(entries, len(consts), record_index)
 
 
 __all__ = ["CONV_FIELDS", "ELTWISE_FIELDS", "LUT_SIZE", "MEAN_FIELDS", "PAD_FIELDS", "POOL_FIELDS",
-           "WeightTable", "channel_multipliers", "op_record", "pack_signs", "reference_lut",
+           "WeightTable", "channel_multipliers", "decode_io_record", "io_record", "op_record",
+           "pack_signs", "reference_lut",
            "softmax_exp_table", "strip_float_edges", "weight_table"]

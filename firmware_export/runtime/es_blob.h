@@ -5,7 +5,7 @@
  * The layout is documented in firmware_export/blob.py (the Python writer/parser); this file
  * mirrors it: a 96-byte header ("ESWB", version 2, flags, entry count, total size, payload
  * offset/size, constant count, 32-byte structure hash, 32-byte graph hash), a table of 40-byte
- * entries (the model's weights table: graph constants, then per-op parameter records), a
+ * entries (the model's weights table: graph constants, per-op parameter records, I/O record), a
  * payload with every entry 16-byte aligned, a CRC32 (zlib polynomial) over everything before
  * it, and an optional 64-byte Ed25519 signature.
  *
@@ -78,9 +78,9 @@ extern "C" {
     X(ES_BLOB_ERR_OVERLAP, "tensor data overlaps the table or the previous tensor")         \
     X(ES_BLOB_ERR_OUT_OF_RANGE, "tensor data runs past the payload")                        \
     X(ES_BLOB_ERR_TENSOR_CRC, "tensor CRC32 mismatch")                                      \
-    X(ES_BLOB_ERR_STRUCTURE_HASH, "blob is for another model structure (structure hash differs)") \
+    X(ES_BLOB_ERR_STRUCTURE_HASH, "blob is for another model structure (structure hash)")   \
     X(ES_BLOB_ERR_NO_TENSOR, "tensor id is out of range")                                   \
-    X(ES_BLOB_ERR_TABLE_COUNT, "blob entry count differs from the model's weights table")  \
+    X(ES_BLOB_ERR_TABLE_COUNT, "blob entry count differs from the model's weights table")   \
     X(ES_BLOB_ERR_TABLE_SIZE, "a blob entry's size differs from the model's table entry")   \
     X(ES_BLOB_ERR_BUFFER_ALIGN, "blob buffer is not 4-byte aligned")
 

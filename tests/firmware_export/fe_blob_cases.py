@@ -1,4 +1,7 @@
-"""Shared cases for the weight-blob tests: a hand-built IntGraph and seeded blob corruptions."""
+"""Shared cases for the weight-blob tests: a hand-built IntGraph and seeded blob corruptions.
+
+Blob format 2: 96-byte header, table entries at ``96 + 40 * i`` (see firmware_export/blob.py).
+"""
 from __future__ import annotations
 
 import random
@@ -63,7 +66,7 @@ def make_graph(seed: int = 0, binary_width: int = 4) -> IntGraph:
 def reseal(buf: bytearray) -> bytes:
     """Recompute the trailing CRC so a mutation reaches the checks after it."""
     n = len(buf)
-    signed = n >= 64 and struct.unpack_from("<I", buf, 8)[0] & 1
+    signed = n >= 12 and struct.unpack_from("<I", buf, 8)[0] & 1
     crc_at = n - 4 - (64 if signed else 0)
     if crc_at >= 0:
         struct.pack_into("<I", buf, crc_at, zlib.crc32(bytes(buf[:crc_at])))
@@ -80,7 +83,7 @@ def mutate(valid: bytes, rng: random.Random) -> bytes:
         for _ in range(rng.randint(1, 4)):
             buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
     elif kind == 2:  # a header or table field set to an interesting value
-        end = min(len(buf) - 4, 64 + 40 * 8)
+        end = min(len(buf) - 4, 96 + 40 * 8)
         pos = rng.randrange(0, end, 2)
         value = rng.choice([0, 1, 2, 15, 16, 17, 64, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF,
                             len(buf), len(buf) - 68, rng.getrandbits(32)])
@@ -88,7 +91,7 @@ def mutate(valid: bytes, rng: random.Random) -> bytes:
         buf[pos:pos + width] = value.to_bytes(4, "little")[:width]
     elif kind == 3:  # shift a tensor's offset or size by a little
         count = struct.unpack_from("<I", buf, 12)[0]
-        entry = 64 + 40 * rng.randrange(max(1, count))
+        entry = 96 + 40 * rng.randrange(max(1, count))
         field = entry + rng.choice([8, 12, 20, 24, 28, 32])
         old = struct.unpack_from("<I", buf, field)[0]
         struct.pack_into("<I", buf, field, (old + rng.choice([-16, -1, 1, 16, 8])) & 0xFFFFFFFF)

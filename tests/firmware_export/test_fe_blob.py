@@ -20,12 +20,18 @@ from firmware_export.intgraph import IntGraph, Op, Tensor
 def test_round_trip_restores_every_constant_bit_exact():
     g = make_graph(binary_width=13)  # 13 sign columns: packing pads the last byte of each row
     data = fb.write_blob(g)
-    b = fb.parse_blob(data, expected_graph_hash=g.graph_hash())
-    assert b.graph_hash == g.graph_hash() and b.version == 1 and not b.signed
+    b = fb.parse_blob(data, expected_structure_hash=g.structure_hash(), expected_graph_hash=g.graph_hash())
+    assert b.graph_hash == g.graph_hash() and b.version == 2 and not b.signed
+    assert b.structure_hash == g.structure_hash()
     assert b.total_size == len(data)
     consts = g.constants()
-    assert [bt.id for bt in b.tensors] == list(range(len(consts)))
-    for t, bt in zip(consts, b.tensors):
+    entries, k = fb.table_entries(g)
+    assert k == len(consts) == b.constant_count and len(b.tensors) == len(entries) > k
+    assert [bt.id for bt in b.tensors] == list(range(len(entries)))
+    for t, bt in zip(entries[k:], b.records):  # the per-op parameter records, as the C reads them
+        assert bt.dtype == t.dtype and bt.shape == t.shape
+        np.testing.assert_array_equal(bt.data, t.data)
+    for t, bt in zip(consts, b.constants):
         assert bt.dtype == t.dtype and bt.shape == t.shape and bt.size == t.nbytes
         assert bt.offset % 16 == 0
         np.testing.assert_array_equal(bt.data, t.data)
@@ -50,11 +56,13 @@ def test_binary_weights_are_packed_msb_first_one_is_plus_one():
 def test_layout_fields_match_the_documented_offsets():
     g = make_graph()
     data = fb.write_blob(g)
-    magic, version, hsize, flags, count, total, poff, psize = struct.unpack_from("<4sHHIIIII", data)
-    assert (magic, version, hsize, flags) == (b"ESWB", 1, 64, 0)
-    assert count == len(g.constants()) and total == len(data)
-    assert poff == (64 + 40 * count + 15) // 16 * 16
-    assert data[32:64] == bytes.fromhex(g.graph_hash())
+    magic, version, hsize, flags, count, total, poff, psize, k = struct.unpack_from("<4sHHIIIIII", data)
+    assert (magic, version, hsize, flags) == (b"ESWB", 2, 96, 0)
+    assert count == len(fb.table_entries(g)[0]) and total == len(data)
+    assert k == len(g.constants())
+    assert poff == (96 + 40 * count + 15) // 16 * 16
+    assert data[32:64] == bytes.fromhex(g.structure_hash())
+    assert data[64:96] == bytes.fromhex(g.graph_hash())
     assert struct.unpack_from("<I", data, poff + psize)[0] == zlib.crc32(data[:poff + psize])
 
 
@@ -103,15 +111,22 @@ def test_blob_of_another_graph_is_refused():
     other = make_graph(seed=2)
     with pytest.raises(ExportError, match="written for graph"):
         fb.parse_blob(data, expected_graph_hash=other.graph_hash())
-    # same structure, other weights: loading them makes a graph whose hash is the blob's
-    b = fb.parse_blob(data)
+    # same structure, other weights: the structure check (what a device does) accepts it
+    b = fb.parse_blob(data, expected_structure_hash=other.structure_hash())
     assert fb.load_weights_into(other, b).graph_hash() == b.graph_hash
     # other quantization parameters: the loaded graph cannot be the one the blob was made for
     other.tensors["w1"].scale = other.tensors["w1"].scale * 2
-    with pytest.raises(ExportError, match="other structure or quantization"):
+    assert other.structure_hash() == b.structure_hash
+    with pytest.raises(ExportError, match="other quantization parameters"):
         fb.load_weights_into(other, b)
+    # another structure (13 binary output channels instead of 4): refused before anything else
+    wide = make_graph(binary_width=13)
+    with pytest.raises(ExportError, match="is for model structure"):
+        fb.parse_blob(data, expected_structure_hash=wide.structure_hash())
+    with pytest.raises(ExportError, match="model structure"):
+        fb.load_weights_into(wide, b)
     with pytest.raises(ExportError, match="has .* constants"):
-        fb.load_weights_into(make_graph(), fb.Blob(**{**b.__dict__, "tensors": b.tensors[:-1]}))
+        fb.load_weights_into(make_graph(), fb.Blob(**{**b.__dict__, "constant_count": b.constant_count - 1}))
 
 
 def test_writer_refuses_binary_weights_that_are_not_signs():
@@ -124,19 +139,20 @@ def test_writer_refuses_binary_weights_that_are_not_signs():
 
 @pytest.mark.parametrize("field,offset,value,reason", [
     ("magic", 0, b"ESWX", "bad magic"),
-    ("version", 4, struct.pack("<H", 2), "unknown format version: expected 1, got 2"),
+    ("version", 4, struct.pack("<H", 1), "unknown format version: expected 2, got 1"),
     ("header size", 6, struct.pack("<H", 80), "header size"),
     ("flags", 8, struct.pack("<I", 6), "unknown flags"),
     ("count", 12, struct.pack("<I", 0xFFFFFFFF), "tensor count 4294967295 cannot fit"),
     ("total", 16, struct.pack("<I", 10), "total size: header says 10"),
     ("payload offset", 20, struct.pack("<I", 0), "payload offset: expected"),
-    ("entry id", 64, struct.pack("<I", 5), "entry 0: id expected 0, got 5"),
-    ("entry dtype", 68, b"\x09", "unknown dtype code 9"),
-    ("entry bits", 69, b"\x04", "bits 4 not valid"),
-    ("entry ndim", 70, b"\x07", "ndim expected <= 4"),
-    ("entry offset", 72, struct.pack("<I", 8), "not aligned"),
-    ("entry size", 76, struct.pack("<I", 9), "size 9 bytes"),
-    ("entry crc", 80, struct.pack("<I", 1), "CRC32 expected 0x00000001"),
+    ("constant count", 28, struct.pack("<I", 999), "constant count 999 is larger than the entry count"),
+    ("entry id", 96, struct.pack("<I", 5), "entry 0: id expected 0, got 5"),
+    ("entry dtype", 100, b"\x09", "unknown dtype code 9"),
+    ("entry bits", 101, b"\x04", "bits 4 not valid"),
+    ("entry ndim", 102, b"\x07", "ndim expected <= 4"),
+    ("entry offset", 104, struct.pack("<I", 8), "not aligned"),
+    ("entry size", 108, struct.pack("<I", 9), "size 9 bytes"),
+    ("entry crc", 112, struct.pack("<I", 1), "CRC32 expected 0x00000001"),
 ])
 def test_each_malformed_field_is_refused_with_its_reason(field, offset, value, reason):
     buf = bytearray(fb.write_blob(make_graph()))
@@ -148,13 +164,13 @@ def test_each_malformed_field_is_refused_with_its_reason(field, offset, value, r
 def test_overlapping_and_out_of_range_tensors_are_refused():
     data = fb.write_blob(make_graph())
     buf = bytearray(data)
-    second = 64 + 40
-    first_offset = struct.unpack_from("<I", buf, 72)[0]
+    second = 96 + 40
+    first_offset = struct.unpack_from("<I", buf, 104)[0]
     struct.pack_into("<I", buf, second + 8, first_offset)  # tensor 1 placed on tensor 0
     with pytest.raises(ExportError, match="overlaps"):
         fb.parse_blob(reseal(buf))
     buf = bytearray(data)
-    last = 64 + 40 * (struct.unpack_from("<I", buf, 12)[0] - 1)
+    last = 96 + 40 * (struct.unpack_from("<I", buf, 12)[0] - 1)
     struct.pack_into("<I", buf, last + 8, (len(buf) + 15) // 16 * 16)  # aligned, past the payload
     with pytest.raises(ExportError, match="past the payload"):
         fb.parse_blob(reseal(buf))
@@ -216,7 +232,9 @@ def test_any_constant_round_trips(shape, dtype, seed):
     t = {"x": Tensor("x", (1,), "int8"), "c": Tensor("c", shape, dtype, data=data, bits=bits),
          "y": Tensor("y", (1,), "int8")}
     g = IntGraph(t, [Op("ADD", ["x", "c"], ["y"], {"act": "NONE"})], ["x"], ["y"])
-    b = fb.parse_blob(fb.write_blob(g), expected_graph_hash=bytes.fromhex(g.graph_hash()))
+    # the container alone: this graph has no C form (float constant, unquantized ADD)
+    packed = fb.pack_blob([t["c"]], 1, g.structure_hash(), g.graph_hash())
+    b = fb.parse_blob(packed, expected_graph_hash=bytes.fromhex(g.graph_hash()))
     assert b.tensors[0].shape == shape and b.tensors[0].size == t["c"].nbytes
     np.testing.assert_array_equal(b.tensors[0].data, data)
     assert fb.load_weights_into(g, b).graph_hash() == g.graph_hash()
@@ -225,3 +243,5 @@ def test_any_constant_round_trips(shape, dtype, seed):
 def test_bad_expected_hash_argument_is_an_export_error():
     with pytest.raises(ExportError, match="64 hex characters"):
         fb.parse_blob(fb.write_blob(make_graph()), expected_graph_hash="abc")
+    with pytest.raises(ExportError, match="structure hash must be 64 hex characters"):
+        fb.parse_blob(fb.write_blob(make_graph()), expected_structure_hash=b"\0" * 31)

@@ -17,7 +17,7 @@ from firmware_export import blob as fb
 RUNTIME = Path(fb.__file__).parent / "runtime"
 STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 
-# Reads cases from a file: 32-byte expected hash, then records of (uint32 length, bytes).
+# Reads cases from a file: 32-byte expected structure hash, then records of (uint32 length, bytes).
 # Each case is copied into a buffer of exactly its length so ASan catches any over-read.
 HARNESS = r"""
 #include <stdio.h>
@@ -47,13 +47,37 @@ int main(int argc, char **argv) {
         st = es_blob_verify(buf, len, hash, &info);
         printf("%s", es_blob_status_name(st));
         if (st == ES_BLOB_OK) {
+            printf(" k=%lu", (unsigned long)info.constant_count);
             for (i = 0; i < info.tensor_count; ++i) {
                 if (es_blob_tensor(&info, i, &data, &size) != ES_BLOB_OK) return 4;
                 printf(" %08lx", (unsigned long)es_blob_crc32(0, data, size));
             }
             if (es_blob_tensor(&info, info.tensor_count, &data, &size) != ES_BLOB_ERR_NO_TENSOR)
                 return 5;
-        } else if (info.blob != NULL || info.tensor_count != 0) {
+            {   /* the weights table of an accepted blob points at its entries */
+                uint32_t *sizes = malloc(sizeof(uint32_t) * (info.tensor_count + 1));
+                const void **table = malloc(sizeof(void *) * (info.tensor_count + 1));
+                for (i = 0; i < info.tensor_count; ++i) {
+                    es_blob_tensor(&info, i, &data, &size);
+                    sizes[i] = size;
+                }
+                sizes[info.tensor_count] = 0;
+                if (es_blob_fill_table(&info, sizes, info.tensor_count + 1, table) != ES_BLOB_ERR_TABLE_COUNT)
+                    return 7;
+                if (es_blob_fill_table(&info, sizes, info.tensor_count, table) != ES_BLOB_OK) return 8;
+                for (i = 0; i < info.tensor_count; ++i) {
+                    es_blob_tensor(&info, i, &data, &size);
+                    if (table[i] != (const void *)data) return 9;
+                }
+                if (info.tensor_count > 0) {
+                    sizes[0] += 1;
+                    if (es_blob_fill_table(&info, sizes, info.tensor_count, table) != ES_BLOB_ERR_TABLE_SIZE)
+                        return 10;
+                }
+                free(sizes);
+                free((void *)table);
+            }
+        } else if (info.blob != NULL || info.tensor_count != 0 || info.structure_hash != NULL) {
             return 6;  /* a rejected blob must leave out zeroed */
         }
         printf("\n");
@@ -108,17 +132,22 @@ def test_c_and_python_agree_on_valid_blobs(harness, tmp_path):
     g = make_graph(binary_width=13)
     priv, _ = fb.generate_keypair()
     valid = [fb.write_blob(g), fb.write_blob(g, signing_key=priv)]
-    lines = _run(exe, tmp_path, bytes.fromhex(g.graph_hash()), valid)
+    lines = _run(exe, tmp_path, bytes.fromhex(g.structure_hash()), valid)
     for data, line in zip(valid, lines):
-        crcs = [f"{t.crc32:08x}" for t in fb.parse_blob(data).tensors]
-        assert line.split() == ["ES_BLOB_OK", *crcs]
-    # another graph's hash, a flipped payload bit, a truncated blob: each named
-    other = bytes.fromhex(make_graph(seed=5).graph_hash())
-    assert _run(exe, tmp_path, other, valid[:1]) == ["ES_BLOB_ERR_GRAPH_HASH"]
+        b = fb.parse_blob(data)
+        crcs = [f"{t.crc32:08x}" for t in b.tensors]
+        assert line.split() == ["ES_BLOB_OK", f"k={b.constant_count}", *crcs]
+        assert len(b.tensors) > b.constant_count == len(g.constants())  # constants + records
+    # retrained weights and scales keep the structure: still accepted
+    assert _run(exe, tmp_path, bytes.fromhex(make_graph(seed=5, binary_width=13).structure_hash()),
+                valid[:1])[0].startswith("ES_BLOB_OK")
+    # another structure's hash, a flipped payload bit, a truncated blob: each named
+    other = bytes.fromhex(make_graph(seed=5).structure_hash())  # 4 binary channels, not 13
+    assert _run(exe, tmp_path, other, valid[:1]) == ["ES_BLOB_ERR_STRUCTURE_HASH"]
     flipped = bytearray(valid[0])
     flipped[struct.unpack_from("<I", flipped, 20)[0]] ^= 0x80
     cases = [bytes(flipped), reseal(bytearray(flipped)), valid[0][:-3], valid[0][:10]]
-    assert _run(exe, tmp_path, bytes.fromhex(g.graph_hash()), cases) == [
+    assert _run(exe, tmp_path, bytes.fromhex(g.structure_hash()), cases) == [
         "ES_BLOB_ERR_CRC", "ES_BLOB_ERR_TENSOR_CRC", "ES_BLOB_ERR_SIZE_MISMATCH",
         "ES_BLOB_ERR_TRUNCATED"]
 
@@ -130,17 +159,17 @@ def test_fuzz_c_and_python_agree_and_c_never_crashes(tmp_path):
     exe = _compile(tmp_path, sanitize=True)
     rng = random.Random(20261127)
     g = make_graph(binary_width=13)
-    ghash = g.graph_hash()
+    shash = g.structure_hash()
     priv, _ = fb.generate_keypair()
     valids = [fb.write_blob(g), fb.write_blob(g, signing_key=priv)]
     cases = [mutate(valids[i % 2], rng) for i in range(4000)] + valids
     cases += [b"", b"ESWB", valids[0][:64]]
-    lines = _run(exe, tmp_path, bytes.fromhex(ghash), cases)
+    lines = _run(exe, tmp_path, bytes.fromhex(shash), cases)
     assert len(lines) == len(cases)
     accepted = 0
     for i, (case, line) in enumerate(zip(cases, lines)):
         try:
-            fb.parse_blob(case, expected_graph_hash=ghash)
+            fb.parse_blob(case, expected_structure_hash=shash)
             py_ok = True
         except ExportError:
             py_ok = False
@@ -156,31 +185,32 @@ def test_fuzz_c_and_python_agree_and_c_never_crashes(tmp_path):
 
 @pytest.mark.parametrize("offset,value,status", [
     (0, b"ESWX", "ES_BLOB_ERR_BAD_MAGIC"),
-    (4, struct.pack("<H", 2), "ES_BLOB_ERR_BAD_VERSION"),
-    (6, struct.pack("<H", 80), "ES_BLOB_ERR_BAD_HEADER_SIZE"),
+    (4, struct.pack("<H", 1), "ES_BLOB_ERR_BAD_VERSION"),
+    (6, struct.pack("<H", 64), "ES_BLOB_ERR_BAD_HEADER_SIZE"),
     (8, struct.pack("<I", 6), "ES_BLOB_ERR_BAD_FLAGS"),
-    (28, struct.pack("<I", 1), "ES_BLOB_ERR_RESERVED"),
+    (28, struct.pack("<I", 1000), "ES_BLOB_ERR_BAD_CONSTANT_COUNT"),
     (12, struct.pack("<I", 0xFFFFFFFF), "ES_BLOB_ERR_TOO_MANY_TENSORS"),
     (20, struct.pack("<I", 0), "ES_BLOB_ERR_BAD_PAYLOAD_OFFSET"),
     (24, struct.pack("<I", 5), "ES_BLOB_ERR_BAD_PAYLOAD_SIZE"),
-    (64, struct.pack("<I", 5), "ES_BLOB_ERR_BAD_ID"),
-    (68, b"\x09", "ES_BLOB_ERR_BAD_DTYPE"),
-    (69, b"\x04", "ES_BLOB_ERR_BAD_BITS"),
-    (70, b"\x07", "ES_BLOB_ERR_BAD_SHAPE"),
-    (72, struct.pack("<I", 8), "ES_BLOB_ERR_MISALIGNED"),
-    (72, struct.pack("<I", 16), "ES_BLOB_ERR_OVERLAP"),
-    (72, struct.pack("<I", 0xFFFFFFF0), "ES_BLOB_ERR_OUT_OF_RANGE"),
-    (76, struct.pack("<I", 9), "ES_BLOB_ERR_TENSOR_SIZE"),
-    (80, struct.pack("<I", 1), "ES_BLOB_ERR_TENSOR_CRC"),
+    (96, struct.pack("<I", 5), "ES_BLOB_ERR_BAD_ID"),
+    (100, b"\x09", "ES_BLOB_ERR_BAD_DTYPE"),
+    (101, b"\x04", "ES_BLOB_ERR_BAD_BITS"),
+    (102, b"\x07", "ES_BLOB_ERR_BAD_SHAPE"),
+    (104, struct.pack("<I", 8), "ES_BLOB_ERR_MISALIGNED"),
+    (104, struct.pack("<I", 16), "ES_BLOB_ERR_OVERLAP"),
+    (104, struct.pack("<I", 0xFFFFFFF0), "ES_BLOB_ERR_OUT_OF_RANGE"),
+    (108, struct.pack("<I", 9), "ES_BLOB_ERR_TENSOR_SIZE"),
+    (112, struct.pack("<I", 1), "ES_BLOB_ERR_TENSOR_CRC"),
+    (32, b"\xff", "ES_BLOB_ERR_STRUCTURE_HASH"),
 ])
 def test_each_malformed_field_gets_its_named_status(offset, value, status, harness, tmp_path):
     g = make_graph()
     buf = bytearray(fb.write_blob(g))
     buf[offset:offset + len(value)] = value
     case = reseal(buf)
-    assert _run(harness, tmp_path, bytes.fromhex(g.graph_hash()), [case]) == [status]
+    assert _run(harness, tmp_path, bytes.fromhex(g.structure_hash()), [case]) == [status]
     with pytest.raises(ExportError):
-        fb.parse_blob(case)
+        fb.parse_blob(case, expected_structure_hash=g.structure_hash())
 
 
 # A bare-metal Cortex-M7 program for QEMU's mps2-an500 (code in ZBT SSRAM1 at 0, data in
@@ -213,6 +243,9 @@ int main(void) {
         uint32_t size;
         es_blob_status st = es_blob_verify(CASES[c], CASE_LENS[c], EXPECTED_HASH, &info);
         printf("%s", es_blob_status_name(st));
+        if (st == ES_BLOB_OK) {
+            printf(" k=%lu", (unsigned long)info.constant_count);
+        }
         for (i = 0; st == ES_BLOB_OK && i < info.tensor_count; ++i) {
             es_blob_tensor(&info, i, &data, &size);
             printf(" %08lx", (unsigned long)es_blob_crc32(0, data, size));
@@ -241,7 +274,7 @@ def test_verifier_runs_on_cortex_m7_under_qemu(tmp_path):
     cases = [valid, fb.write_blob(g, signing_key=priv), bytes(flipped),
              reseal(bytearray(flipped)), fb.write_blob(make_graph(seed=3))]
     header = "".join(_c_array(f"case{i}", c) for i, c in enumerate(cases))
-    header += _c_array("EXPECTED_HASH", bytes.fromhex(g.graph_hash()))
+    header += _c_array("EXPECTED_HASH", bytes.fromhex(g.structure_hash()))
     header += f"#define N_CASES {len(cases)}u\n"
     header += f"static const uint8_t *const CASES[] = {{{', '.join(f'case{i}' for i in range(len(cases)))}}};\n"
     header += f"static const unsigned long CASE_LENS[] = {{{', '.join(str(len(c)) for c in cases)}}};\n"
@@ -259,7 +292,7 @@ def test_verifier_runs_on_cortex_m7_under_qemu(tmp_path):
                           "-nographic", "-semihosting", "-kernel", str(elf)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    crcs = [f"{t.crc32:08x}" for t in fb.parse_blob(valid).tensors]
-    assert run.stdout.splitlines() == [
-        " ".join(["ES_BLOB_OK", *crcs]), " ".join(["ES_BLOB_OK", *crcs]),
-        "ES_BLOB_ERR_CRC", "ES_BLOB_ERR_TENSOR_CRC", "ES_BLOB_ERR_GRAPH_HASH"]
+    b = fb.parse_blob(valid)
+    ok = " ".join(["ES_BLOB_OK", f"k={b.constant_count}", *[f"{t.crc32:08x}" for t in b.tensors]])
+    assert run.stdout.splitlines() == [ok, ok, "ES_BLOB_ERR_CRC", "ES_BLOB_ERR_TENSOR_CRC",
+                                       "ES_BLOB_ERR_STRUCTURE_HASH"]

@@ -23,6 +23,7 @@ from fe_c_build import STRICT, CBatch, have_gcc
 from firmware_export import reference
 from firmware_export.blob import write_blob
 from firmware_export.c_emitter import emit_c, runtime_sources
+from firmware_export.c_table import weight_table
 from firmware_export.intgraph import IntGraph, Op, Tensor
 from firmware_export.planner import plan_memory
 from random_graphs import (OP_BUILDERS, build_binary_conv_2d, build_dequantize, build_quantize,
@@ -180,8 +181,11 @@ def test_generated_files_banner_defines_and_section(tmp_path):
     assert "#define NET_INPUT0_SHAPE {" + ", ".join(map(str, x.shape)) + "}" in header
     assert "#define NET_OUTPUT0_BYTES 10" in header
     n_consts = len(g.constants())
-    assert source.count('__attribute__((section(".extflash")))') == n_consts
-    assert f"static const void *const net_weights[{n_consts}]" in source
+    table = weight_table(g)
+    assert source.count('__attribute__((section(".extflash")))') == n_consts == table.constant_count
+    assert f"static const void *const net_weights[{len(table.entries)}]" in source
+    assert f'#define NET_STRUCTURE_HASH "{g.structure_hash()}"' in header
+    assert f"#define NET_NUM_WEIGHTS {len(table.entries)}" in header
     assert re.search(r"\bfloat\b|\bdouble\b", source) is None
 
 
@@ -205,39 +209,38 @@ _BLOB_DRIVER = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include "net.h"
-
-static uint32_t u32(const uint8_t *p) { return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t)p[3] << 24); }
+#include "es_blob.h"
 
 int main(int argc, char **argv)
 {
-    static uint8_t blob[1 << 20];
+    static uint8_t blob[1 << 20];  /* static: aligned for the int32 entries */
     const void *table[NET_NUM_WEIGHTS];
     int8_t in[NET_INPUT_BYTES], out[NET_OUTPUT_BYTES];
     uint8_t *arena = malloc(NET_ARENA_BYTES);
     FILE *f = fopen(argv[1], "rb");
     size_t n = fread(blob, 1, sizeof blob, f);
-    uint32_t i;
+    es_blob_info info;
+    es_blob_status st;
     int rc;
     (void)argc;
     fclose(f);
     f = fopen(argv[2], "rb");
     if (fread(in, 1, sizeof in, f) != sizeof in) return 3;
     fclose(f);
-    if (u32(blob + 12) != NET_NUM_WEIGHTS || n < 64) return 4;
-    for (i = 0; i < NET_NUM_WEIGHTS; ++i) {  /* blob table entry i: offset at +8, size at +12 */
-        const uint8_t *e = blob + 64 + 40 * i;
-        if (u32(e + 12) != net_weight_bytes[i]) return 5;
-        table[i] = blob + u32(e + 8);
-    }
+    st = es_blob_verify(blob, n, net_structure_hash, &info);
+    if (st == ES_BLOB_OK) st = es_blob_fill_table(&info, net_weight_bytes, NET_NUM_WEIGHTS, table);
+    printf("blob:%s\n", es_blob_status_name(st));
+    if (st != ES_BLOB_OK) return 4;
     {
         const int8_t *ins[1];
         int8_t *outs[1];
+        const void *saved = table[0];
         ins[0] = in;
         outs[0] = out;
         printf("null:%d %s\n", net_invoke(NULL, out, arena), es_status_str(net_invoke(NULL, out, arena)));
         table[0] = NULL;
         printf("weights:%d %s\n", net_invoke_table(table, ins, outs, arena), es_status_str(ES_ERR_WEIGHTS));
-        table[0] = blob + u32(blob + 64 + 8);
+        table[0] = saved;
         rc = net_invoke_table(table, ins, outs, arena);
     }
     printf("rc:%d\n", rc);
@@ -251,7 +254,8 @@ int main(int argc, char **argv)
 
 
 def test_weights_from_a_blob_in_ram(tmp_path):
-    """The generated code runs other weights through <prefix>_invoke_table, straight from a blob."""
+    """The generated code runs other weights through <prefix>_invoke_table, straight from a blob
+    verified and mapped by es_blob_verify / es_blob_fill_table (retrained scales: test_fe_ota_structure)."""
     rng = np.random.default_rng(12)
     g, x = build_binary_conv_2d(rng, binary_input=False)
     emit_c(g, tmp_path, prefix="net")
@@ -275,6 +279,7 @@ def test_weights_from_a_blob_in_ram(tmp_path):
     run = subprocess.run([str(exe), str(tmp_path / "w.blob"), str(tmp_path / "x.bin"), str(tmp_path / "y.bin")],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "blob:ES_BLOB_OK" in run.stdout
     assert "null:1 ES_ERR_NULL: a required pointer argument is NULL" in run.stdout
     assert "weights:5 ES_ERR_WEIGHTS" in run.stdout
     got = np.frombuffer((tmp_path / "y.bin").read_bytes(), np.int8).reshape(g.tensor("y").shape)

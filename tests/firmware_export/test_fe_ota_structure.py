@@ -21,13 +21,14 @@ from edgesmith.errors import ExportError
 from firmware_export import blob as fb
 from firmware_export import reference
 from firmware_export.c_emitter import emit_c
-from firmware_export.c_table import weight_table
+from firmware_export.c_table import decode_io_record, weight_table
 from firmware_export.intgraph import IntGraph, Op
 
 # Jobs: "<prefix> <mode> <blob file> <input file> <output file>"; mode is "default" (compiled-in
 # table), "blob" (verify with the model's structure hash, fill the table, invoke_table),
 # "nohash" (verify without the hash: reaches es_blob_fill_table's own checks) or "misaligned"
-# (the blob one byte off a 4-byte boundary). Prints "<prefix> <blob status> <invoke rc>".
+# (the blob one byte off a 4-byte boundary). Prints "<prefix> <blob status> <invoke rc>", and
+# for a blob also " io=<zero point>,<scale bits>" of input 0 from the table's I/O record.
 DRIVER = r"""
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,7 +113,12 @@ static void run(const es_model_desc *m, const char *mode, const char *blob_path,
             rc = m->invoke_table(table, inputs, outputs, arena);
         }
     }
-    printf("%s %s %d\n", m->name, es_blob_status_name(st), rc);
+    printf("%s %s %d", m->name, es_blob_status_name(st), rc);
+    if (table != NULL && st == ES_BLOB_OK) {  /* the I/O record: last table entry */
+        const int32_t *io = (const int32_t *)table[m->num_weights - 1];
+        printf(" io=%ld,%ld", (long)io[0], (long)io[1]);
+    }
+    printf("\n");
     f = fopen(out_path, "wb");
     for (i = 0; i < m->num_outputs; ++i) {
         fwrite(outputs[i], 1, m->output_bytes[i], f);
@@ -145,9 +151,18 @@ int main(int argc, char **argv)
 pytestmark = pytest.mark.skipif(not have_gcc(), reason="host gcc is not installed")
 
 
+def _multi_op(rng) -> tuple[IntGraph, dict]:
+    """random_multi_op_graph with inner tensors as extra outputs, so a wrong concat, add or FC
+    shows even where the final softmax saturates."""
+    g, x = random_multi_op_graph(rng)
+    g.outputs = ["prob", "cat5", "add3", "fc12"]
+    g.validate()
+    return g, x
+
+
 def _cases(rng) -> list[tuple[IntGraph, dict]]:
     """The multi-op network, one graph per C-lowerable op kind, both binary conv paths."""
-    cases = [random_multi_op_graph(rng)]
+    cases = [_multi_op(rng)]
     cases += [random_op_graph(kind, rng) for kind in OP_BUILDERS if kind not in ("QUANTIZE", "DEQUANTIZE")]
     cases += [build_quantize(rng, from_float=False), build_binary_conv_2d(rng, binary_input=True)]
     return cases
@@ -223,21 +238,28 @@ def test_firmware_for_g1_runs_retrained_g2_blob_bit_exact(tmp_path):
     results = fw.run(jobs)
     bad = []
     for (prefix, mode, *_), (status, got), expected in zip(jobs, results, want):
-        assert status[1:] == ["ES_BLOB_OK", "0"], (prefix, mode, status)
+        assert status[1:3] == ["ES_BLOB_OK", "0"], (prefix, mode, status)
         for g, e in zip(got, expected):
             if not np.array_equal(g, e):
                 bad.append(f"{prefix} {mode}: {int((g != e).sum())}/{e.size} differ")
     assert not bad, "\n".join(bad)
     # the update really changed the answer, and took the concat through a requantizing table
     # where G1 copies (use_lut flips from 0 to 1)
-    _, (ref1, ref2) = zip(*[(None, w) for w in want[:2]])
-    assert not np.array_equal(ref1[0], ref2[0])
+    assert not np.array_equal(want[0][0], want[1][0])  # multi-op network: G1 vs G2 reference
     differ = sum(not np.array_equal(want[2 * i][0], want[2 * i + 1][0]) for i in range(len(g1s)))
     assert differ >= len(g1s) - 8, differ  # shape-only ops (reshape, transpose, resize) cannot differ
     assert 0 in _concat_flags(g1s[0][0]) and _concat_flags(g2s[0]) == [1, 1]
+    # the application reads the running model's input quantization from the table, not the header
+    for (prefix, mode, *_), (status, _), g2 in zip(jobs[1::2], results[1::2], g2s):
+        table = weight_table(g2)
+        (scale, zp) = decode_io_record(table.entries[table.io_index].data)[0]
+        bits = int(np.array([scale], np.float32).view(np.int32)[0])
+        assert status[3] == f"io={zp},{bits}", (prefix, status)
+        assert (np.float32(scale), zp) == (np.float32(g2.tensor(g2.inputs[0]).per_tensor_scale()),
+                                           g2.tensor(g2.inputs[0]).per_tensor_zero_point())
     # and the old blob path still works for G1's own blob
     again = fw.run([(fw.prefixes[0], "blob", fb.write_blob(g1s[0][0]), _io(*g1s[0])[0], [want[0][0].shape])])
-    assert again[0][0][1:] == ["ES_BLOB_OK", "0"] and np.array_equal(again[0][1][0], want[0][0])
+    assert again[0][0][1:3] == ["ES_BLOB_OK", "0"] and np.array_equal(again[0][1][0], want[0][0])
 
 
 def _other_structure(g: IntGraph) -> IntGraph:
@@ -249,7 +271,7 @@ def _other_structure(g: IntGraph) -> IntGraph:
 
 def test_blob_for_another_structure_is_refused_by_python_and_c(tmp_path):
     rng = np.random.default_rng(7)
-    g1, x = random_multi_op_graph(rng)
+    g1, x = _multi_op(rng)
     other = _other_structure(retrained(g1, rng))
     assert other.structure_hash() != g1.structure_hash()
     wrong = fb.write_blob(other)
@@ -275,7 +297,7 @@ def test_blob_for_another_structure_is_refused_by_python_and_c(tmp_path):
                       (p, "nohash", short, ins, shapes), (p, "blob", resized, ins, shapes),
                       (p, "misaligned", good, ins, shapes), (p, "blob", good[:-1], ins, shapes),
                       (p, "blob", good, ins, shapes)])
-    statuses = [r[0][1:] for r in results]
+    statuses = [r[0][1:3] for r in results]
     assert statuses == [["ES_BLOB_ERR_STRUCTURE_HASH", "-1"], ["ES_BLOB_ERR_TABLE_COUNT", "-1"],
                         ["ES_BLOB_ERR_TABLE_COUNT", "-1"], ["ES_BLOB_ERR_TABLE_SIZE", "-1"],
                         ["ES_BLOB_ERR_BUFFER_ALIGN", "-1"], ["ES_BLOB_ERR_SIZE_MISMATCH", "-1"],
@@ -319,7 +341,7 @@ def test_structure_hash_ignores_values_and_sees_structure():
     assert variant(tensor="conv0_w", data=-g1.tensor("conv0_w").data).structure_hash() == g1.structure_hash()
 
 
-_DATA_ARRAY = re.compile(r"/\* (weight|record) \d+: [^\n]*\*/\nstatic const \w+ net_w\d+\[\d+\][^=]*= \{[^}]*\};\n")
+_DATA_ARRAY = re.compile(r"/\* (weight|record|io record) \d+: [^\n]*\*/\nstatic const \w+ net_w\d+\[\d+\][^=]*= \{[^}]*\};\n")
 
 
 def _code_only(source: str) -> str:
