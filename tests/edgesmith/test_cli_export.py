@@ -5,34 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import numpy as np
-import onnx
 import pytest
 
 from edgesmith.cli import main
 from edgesmith.manifest import load_manifest
-from firmware_export import reference
 from firmware_export.export import load_model
 from firmware_export.onnx_importer import import_qdq_onnx
-
-MAIN_C = r"""
-#include <stdio.h>
-#include <stdint.h>
-#include "model.h"
-static uint8_t arena[MODEL_ARENA_BYTES];
-int main(void) {
-    int8_t in[MODEL_INPUT_BYTES], out[MODEL_OUTPUT_BYTES];
-    while (fread(in, 1, sizeof in, stdin) == sizeof in) {
-        int rc = model_invoke(in, out, arena);
-        if (rc != 0) { fprintf(stderr, "invoke failed: %d\n", rc); return 1; }
-        fwrite(out, 1, sizeof out, stdout);
-    }
-    return 0;
-}
-"""
-
+from pipeline_checks import build_c, c_outputs, reference_outputs, tflm_outputs
 
 @pytest.fixture(scope="module")
 def exported(run):
@@ -63,33 +44,16 @@ def test_export_writes_every_artifact_and_records_them(run, exported, capsys):
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a host C compiler")
 def test_tflm_c_and_reference_agree_bit_for_bit_on_real_images(run, exported, tmp_path):
-    from tflite_micro.python.tflite_micro import runtime as tflm
-
     x = _images(run)
     imp = import_qdq_onnx(run / "variants" / "int8.onnx")
     graph, binding, out_binding = imp.graph, imp.inputs[0], imp.outputs[0]
     q = np.stack([binding.to_graph(img[None])[0] for img in x])  # float NCHW -> int8 NHWC
-    want = np.concatenate([reference.run(graph, {binding.tensor: qi[None]})[out_binding.tensor] for qi in q])
+    want = reference_outputs(graph, q)
 
-    # TFLite Micro on the exported .tflite
-    interp = tflm.Interpreter.from_bytes((exported / "model.tflite").read_bytes())
-    got_tflm = []
-    for qi in q:
-        interp.set_input(qi[None], 0)
-        interp.invoke()
-        got_tflm.append(interp.get_output(0))
-    np.testing.assert_array_equal(np.concatenate(got_tflm), want)
-
-    # the generated C, built strictly with the host gcc
-    (tmp_path / "main.c").write_text(MAIN_C)
-    sources = [str(p) for p in (exported / "c").glob("*.c")] + [str(tmp_path / "main.c")]
-    exe = tmp_path / "model"
-    build = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2",
-                            "-I", str(exported / "c"), *sources, "-o", str(exe)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-4000:]
-    proc = subprocess.run([str(exe)], input=q.astype(np.int8).tobytes(), capture_output=True, check=True)
-    got_c = np.frombuffer(proc.stdout, np.int8).reshape(want.shape)
-    np.testing.assert_array_equal(got_c, want)
+    # TFLite Micro on the exported .tflite, and the exported C built strictly with the host gcc
+    np.testing.assert_array_equal(tflm_outputs((exported / "model.tflite").read_bytes(), q), want)
+    exe = build_c(exported / "c", tmp_path)
+    np.testing.assert_array_equal(c_outputs(exe, q, want.shape[1:]), want)
 
     # onnxruntime runs the QDQ graph in float between Q/DQ: within 2 LSB of the integer pipeline
     import onnxruntime as ort
