@@ -1,10 +1,11 @@
 /*
- * es_conv.c - CONV_2D (general, 1x1 and 3x3 fast paths), DEPTHWISE_CONV_2D, FULLY_CONNECTED.
+ * es_conv.c - CONV_2D (general path and a fast path without groups), DEPTHWISE_CONV_2D, FULLY_CONNECTED.
  *
  * Semantics: TFLite Micro reference_integer_ops::ConvPerChannel / DepthwiseConvPerChannel /
- * FullyConnected. Padding pixels are skipped, which equals reading the input zero point. The fast
- * paths only drop bounds checks and loop overhead; they add the same integers in the same order,
- * so they give the same bits as the general path.
+ * FullyConnected. Padding pixels are skipped, which equals reading the input zero point. The
+ * general paths are the plain definition; the fast paths add exactly the same int32 products
+ * (in another order, which integer addition does not notice), so they give the same bits. Build
+ * with ES_CONV_FORCE_GENERIC to run the general paths only (the tests compare both).
  */
 #include "es_runtime.h"
 #include "es_fixedpoint.h"
@@ -94,18 +95,90 @@ int es_conv2d_s8_generic(const es_conv_params *p, const int8_t *in, const int8_t
 }
 
 #ifndef ES_CONV_FORCE_GENERIC
-/* Adds sum((src[i] + off) * f_j[i]) for four filters f_j = f + j * fstride: each input value is
- * loaded and offset once for four output channels. */
-static void dot4(const int8_t *src, const int8_t *f, int32_t fstride, int32_t n, int32_t off, int32_t *acc)
+/*
+ * Fast paths. The innermost loops are contiguous NHWC dot products over input channels (four
+ * output channels per pass over the input). Padding is handled by clipping each pixel's tap range
+ * once, so no tap is checked inside a loop. Requantization runs once per output.
+ *
+ * The dot products come in two loop shapes that add the same products. Where the core has a SIMD
+ * unit (x86 SSE2, Arm NEON), fixed blocks of ES_DOT_BLOCK int16 products ((x + input_offset) and
+ * the weight), which compilers vectorise into multiply-adds (pmaddwd, smlal). Without one
+ * (Cortex-M, RV32), one scalar pass that loads each input once for four filters, which needs the
+ * fewest instructions there. -DES_DOT_SCALAR forces the scalar shape (the tests run both).
+ */
+#define ES_DOT_BLOCK 16
+#if (defined(__SSE2__) || defined(__ARM_NEON)) && !defined(ES_DOT_SCALAR)
+#define ES_DOT_SIMD 1
+#else
+#define ES_DOT_SIMD 0
+#endif
+
+/* The fast paths need x + input_offset to fit int16, true for every int8 zero point. */
+static int offset_fits_int16(int32_t off)
 {
-    const int8_t *f0 = f, *f1 = f + fstride, *f2 = f + 2 * fstride, *f3 = f + 3 * fstride;
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], i;
-    for (i = 0; i < n; ++i) {
-        const int32_t v = (int32_t)src[i] + off;
-        a0 += v * f0[i];
-        a1 += v * f1[i];
-        a2 += v * f2[i];
-        a3 += v * f3[i];
+    return off >= -256 && off <= 256;
+}
+
+/* What turns accumulators into int8 outputs (all arrays indexed by output channel). */
+typedef struct {
+    const int32_t *bias, *mult, *shift;
+    int32_t output_offset, act_min, act_max;
+} requant_args;
+
+/* Bias, requantize and store accumulators for output channels oc .. oc + count - 1. The fields
+ * are read into locals first: a store through the int8 dst may alias anything, so the compiler
+ * would reload them after every store. */
+static void store_block(const requant_args *r, const int32_t *acc, int32_t oc, int32_t count, int8_t *dst)
+{
+    const int32_t *bias = r->bias, *mult = r->mult, *shift = r->shift;
+    const int32_t out_off = r->output_offset, lo = r->act_min, hi = r->act_max;
+    int32_t j;
+    for (j = oc; j < oc + count; ++j) {
+        const int32_t a = acc[j - oc] + (bias != NULL ? bias[j] : 0);
+        dst[j] = es_requant(a, mult[j], shift[j], out_off, lo, hi);
+    }
+}
+
+#if ES_DOT_SIMD
+/* sum over j < ES_DOT_BLOCK of v[j] * f[j]: a fixed trip count with int16 operands, the shape
+ * compilers vectorise into multiply-adds. */
+static int32_t dot_block(const int16_t *v, const int8_t *f)
+{
+    int32_t s = 0, j;
+    for (j = 0; j < ES_DOT_BLOCK; ++j) {
+        s += v[j] * (int16_t)f[j];
+    }
+    return s;
+}
+#endif
+
+/* acc[k] += sum over i < n of (src[i] + off) * f[k * fstride + i], for k = 0 .. 3: each input
+ * value is loaded and offset once for four output channels. Four named accumulators (not an
+ * array) keep the sums in registers. */
+static void dot4(const int8_t *src, const int8_t *f, int32_t fstride, int32_t n, int16_t off, int32_t *acc)
+{
+    const int8_t *f0 = f, *f1 = f + fstride, *f2 = f + 2 * (size_t)fstride, *f3 = f + 3 * (size_t)fstride;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t i = 0;
+#if ES_DOT_SIMD
+    for (; i + ES_DOT_BLOCK <= n; i += ES_DOT_BLOCK) {
+        int16_t v[ES_DOT_BLOCK];
+        int32_t j;
+        for (j = 0; j < ES_DOT_BLOCK; ++j) {
+            v[j] = (int16_t)(src[i + j] + off);
+        }
+        a0 += dot_block(v, f0 + i);
+        a1 += dot_block(v, f1 + i);
+        a2 += dot_block(v, f2 + i);
+        a3 += dot_block(v, f3 + i);
+    }
+#endif
+    for (; i < n; ++i) {
+        const int32_t x = (int32_t)src[i] + off;
+        a0 += x * f0[i];
+        a1 += x * f1[i];
+        a2 += x * f2[i];
+        a3 += x * f3[i];
     }
     acc[0] = a0;
     acc[1] = a1;
@@ -113,96 +186,146 @@ static void dot4(const int8_t *src, const int8_t *f, int32_t fstride, int32_t n,
     acc[3] = a3;
 }
 
-static int32_t dot1(const int8_t *src, const int8_t *f, int32_t n, int32_t off)
+/* sum over i < n of (src[i] + off) * f[i]. */
+static int32_t dot1(const int8_t *src, const int8_t *f, int32_t n, int16_t off)
 {
-    int32_t acc = 0, i;
-    for (i = 0; i < n; ++i) {
-        acc += ((int32_t)src[i] + off) * (int32_t)f[i];
+    int32_t acc = 0, i = 0;
+#if ES_DOT_SIMD
+    for (; i + ES_DOT_BLOCK <= n; i += ES_DOT_BLOCK) {
+        int32_t s = 0, j;
+        for (j = 0; j < ES_DOT_BLOCK; ++j) {
+            const int16_t v = (int16_t)(src[i + j] + off);
+            s += v * (int16_t)f[i + j];
+        }
+        acc += s;
+    }
+#endif
+    for (; i < n; ++i) {
+        acc += ((int32_t)src[i] + off) * f[i];
     }
     return acc;
 }
 
-/* Bias, requantize and store a block of accumulators for output channels oc .. oc + count - 1. */
-static void store_block(const es_conv_params *p, const int32_t *acc, int32_t oc, int32_t count,
-                        const int32_t *bias, const int32_t *mult, const int32_t *shift, int8_t *dst)
+/* Dot products with `count` (4 or 1) consecutive filters starting at f. */
+static void dot_n(const int8_t *src, const int8_t *f, int32_t fstride, int32_t n, int16_t off,
+                  int32_t count, int32_t *acc)
 {
-    int32_t j;
-    for (j = 0; j < count; ++j) {
-        const int32_t a = acc[j] + (bias != NULL ? bias[oc + j] : 0);
-        dst[oc + j] = es_requant(a, mult[oc + j], shift[oc + j], p->output_offset, p->act_min, p->act_max);
+    if (count == 4) {
+        dot4(src, f, fstride, n, off, acc);
+    } else {
+        acc[0] += dot1(src, f, n, off);
     }
 }
 
-/* 1x1, no padding, no groups: every output pixel is one input pixel times the weight matrix. */
-static void conv_1x1(const es_conv_params *p, const int8_t *in, const int8_t *filter,
-                     const int32_t *bias, const int32_t *mult, const int32_t *shift, int8_t *out)
+/* Taps [*lo, *hi) of a window that starts at input index `start` and whose input index lies
+ * inside 0 .. size - 1 (empty when *lo >= *hi). */
+static void tap_range(int32_t start, int32_t dilation, int32_t taps, int32_t size, int32_t *lo, int32_t *hi)
 {
-    const int32_t in_c = p->in.c, out_c = p->out.c;
-    int32_t b, oy, ox, oc;
+    int32_t end = 0;
+    *lo = start < 0 ? (-start + dilation - 1) / dilation : 0;
+    if (size - start > 0) {
+        end = (size - start + dilation - 1) / dilation;
+    }
+    *hi = end < taps ? end : taps;
+}
+
+/* One CONV_2D output pixel without groups. With dilation_w == 1 the valid taps of a filter row
+ * and the input pixels under them are both one contiguous run of (kx_hi - kx_lo) * in_c bytes. */
+static void conv_pixel_fast(const es_conv_params *p, const requant_args *r, const int8_t *in,
+                            const int8_t *filter, int32_t b, int32_t oy, int32_t ox, int8_t *dst)
+{
+    const int32_t in_c = p->in.c, out_c = p->out.c, kw = p->filter.w, dh = p->dilation_h, dw = p->dilation_w;
+    const int32_t fstride = p->filter.h * kw * in_c;
+    const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
+    const int16_t off = (int16_t)p->input_offset;
+    int32_t ky_lo, ky_hi, kx_lo, kx_hi, oc, ky, kx;
+    tap_range(iy0, dh, p->filter.h, p->in.h, &ky_lo, &ky_hi);
+    tap_range(ix0, dw, kw, p->in.w, &kx_lo, &kx_hi);
+    for (oc = 0; oc < out_c;) {
+        const int32_t count = out_c - oc >= 4 ? 4 : 1;
+        int32_t acc[4] = {0, 0, 0, 0};
+        for (ky = ky_lo; ky < ky_hi; ++ky) {
+            const int8_t *row = in + ((size_t)b * p->in.h + iy0 + ky * dh) * p->in.w * in_c;
+            const int8_t *frow = filter + (size_t)oc * fstride + (size_t)ky * kw * in_c;
+            if (dw == 1) {
+                dot_n(row + (size_t)(ix0 + kx_lo) * in_c, frow + (size_t)kx_lo * in_c, fstride,
+                      (kx_hi - kx_lo) * in_c, off, count, acc);
+                continue;
+            }
+            for (kx = kx_lo; kx < kx_hi; ++kx) {
+                dot_n(row + (size_t)(ix0 + kx * dw) * in_c, frow + (size_t)kx * in_c, fstride, in_c, off,
+                      count, acc);
+            }
+        }
+        store_block(r, acc, oc, count, dst);
+        oc += count;
+    }
+}
+
+/* One DEPTHWISE_CONV_2D output pixel, depth multiplier 1: channels in blocks of ES_DOT_BLOCK,
+ * each tap adds a contiguous run of channels. */
+static void depthwise_pixel_fast(const es_conv_params *p, const requant_args *r, const int8_t *in,
+                                 const int8_t *filter, int32_t b, int32_t oy, int32_t ox, int8_t *dst)
+{
+    const int32_t c_all = p->out.c, kw = p->filter.w, dh = p->dilation_h, dw = p->dilation_w;
+    const int32_t iy0 = oy * p->stride_h - p->pad_top, ix0 = ox * p->stride_w - p->pad_left;
+    const int16_t off = (int16_t)p->input_offset;
+    int32_t ky_lo, ky_hi, kx_lo, kx_hi, c0, ky, kx, j;
+    tap_range(iy0, dh, p->filter.h, p->in.h, &ky_lo, &ky_hi);
+    tap_range(ix0, dw, kw, p->in.w, &kx_lo, &kx_hi);
+    for (c0 = 0; c0 < c_all; c0 += ES_DOT_BLOCK) {
+        const int32_t count = c_all - c0 >= ES_DOT_BLOCK ? ES_DOT_BLOCK : c_all - c0;
+        int32_t acc[ES_DOT_BLOCK];
+        for (j = 0; j < ES_DOT_BLOCK; ++j) {
+            acc[j] = 0;
+        }
+        for (ky = ky_lo; ky < ky_hi; ++ky) {
+            for (kx = kx_lo; kx < kx_hi; ++kx) {
+                const int8_t *src = in + (((size_t)b * p->in.h + iy0 + ky * dh) * p->in.w + ix0 + kx * dw) * c_all + c0;
+                const int8_t *fk = filter + (size_t)(ky * kw + kx) * c_all + c0;
+                if (ES_DOT_SIMD && count == ES_DOT_BLOCK) {
+                    for (j = 0; j < ES_DOT_BLOCK; ++j) {
+                        acc[j] += (int16_t)(src[j] + off) * (int16_t)fk[j];
+                    }
+                } else {
+                    for (j = 0; j < count; ++j) {
+                        acc[j] += ((int32_t)src[j] + off) * fk[j];
+                    }
+                }
+            }
+        }
+        store_block(r, acc, c0, count, dst);
+    }
+}
+
+typedef void (*pixel_fn)(const es_conv_params *p, const requant_args *r, const int8_t *in,
+                         const int8_t *filter, int32_t b, int32_t oy, int32_t ox, int8_t *dst);
+
+static void for_each_pixel(const es_conv_params *p, const requant_args *r, const int8_t *in,
+                           const int8_t *filter, int8_t *out, pixel_fn fn)
+{
+    int32_t b, oy, ox;
     for (b = 0; b < p->out.n; ++b) {
         for (oy = 0; oy < p->out.h; ++oy) {
             for (ox = 0; ox < p->out.w; ++ox) {
-                const int8_t *src = in + (((size_t)b * p->in.h + oy * p->stride_h) * p->in.w +
-                                          ox * p->stride_w) * in_c;
-                int8_t *dst = out + (((size_t)b * p->out.h + oy) * p->out.w + ox) * out_c;
-                for (oc = 0; oc + 4 <= out_c; oc += 4) {
-                    int32_t acc[4] = {0, 0, 0, 0};
-                    dot4(src, filter + (size_t)oc * in_c, in_c, in_c, p->input_offset, acc);
-                    store_block(p, acc, oc, 4, bias, mult, shift, dst);
-                }
-                for (; oc < out_c; ++oc) {
-                    const int32_t acc = dot1(src, filter + (size_t)oc * in_c, in_c, p->input_offset);
-                    store_block(p, &acc, oc, 1, bias, mult, shift, dst);
-                }
+                fn(p, r, in, filter, b, oy, ox, out + (((size_t)b * p->out.h + oy) * p->out.w + ox) * p->out.c);
             }
         }
     }
 }
 
-/* 3x3, no groups: interior pixels read nine taps without bounds checks; border pixels take the
- * general path. */
-static void conv_3x3(const es_conv_params *p, const int8_t *in, const int8_t *filter,
-                     const int32_t *bias, const int32_t *mult, const int32_t *shift, int8_t *out)
+static requant_args conv_requant(const es_conv_params *p, const int32_t *bias, const int32_t *mult,
+                                 const int32_t *shift)
 {
-    const int32_t in_c = p->in.c, out_c = p->out.c, fstride = 9 * p->in.c;
-    const int32_t dh = p->dilation_h, dw = p->dilation_w;
-    int32_t b, oy, ox, oc, t;
-    for (b = 0; b < p->out.n; ++b) {
-        for (oy = 0; oy < p->out.h; ++oy) {
-            const int32_t iy0 = oy * p->stride_h - p->pad_top;
-            const int row_inside = iy0 >= 0 && iy0 + 2 * dh < p->in.h;
-            for (ox = 0; ox < p->out.w; ++ox) {
-                const int32_t ix0 = ox * p->stride_w - p->pad_left;
-                int8_t *dst = out + (((size_t)b * p->out.h + oy) * p->out.w + ox) * out_c;
-                const int8_t *taps[9];
-                if (!row_inside || ix0 < 0 || ix0 + 2 * dw >= p->in.w) {
-                    conv_pixel_generic(p, b, oy, ox, in, filter, bias, mult, shift, dst);
-                    continue;
-                }
-                for (t = 0; t < 9; ++t) {
-                    taps[t] = in + (((size_t)b * p->in.h + iy0 + (t / 3) * dh) * p->in.w +
-                                    ix0 + (t % 3) * dw) * in_c;
-                }
-                for (oc = 0; oc + 4 <= out_c; oc += 4) {
-                    int32_t acc[4] = {0, 0, 0, 0};
-                    for (t = 0; t < 9; ++t) {
-                        dot4(taps[t], filter + (size_t)oc * fstride + t * in_c, fstride, in_c,
-                             p->input_offset, acc);
-                    }
-                    store_block(p, acc, oc, 4, bias, mult, shift, dst);
-                }
-                for (; oc < out_c; ++oc) {
-                    int32_t acc = 0;
-                    for (t = 0; t < 9; ++t) {
-                        acc += dot1(taps[t], filter + (size_t)oc * fstride + t * in_c, in_c, p->input_offset);
-                    }
-                    store_block(p, &acc, oc, 1, bias, mult, shift, dst);
-                }
-            }
-        }
-    }
+    requant_args r;
+    r.bias = bias;
+    r.mult = mult;
+    r.shift = shift;
+    r.output_offset = p->output_offset;
+    r.act_min = p->act_min;
+    r.act_max = p->act_max;
+    return r;
 }
-
 #endif /* ES_CONV_FORCE_GENERIC */
 
 int es_conv2d_s8(const es_conv_params *p, const int8_t *in, const int8_t *filter,
@@ -216,35 +339,21 @@ int es_conv2d_s8(const es_conv_params *p, const int8_t *in, const int8_t *filter
     if (!conv_shape_ok(p)) {
         return ES_ERR_SHAPE;
     }
-    if (p->filter.c == p->in.c) {
-        if (p->filter.h == 1 && p->filter.w == 1 && p->pad_top == 0 && p->pad_left == 0 &&
-            (p->out.h - 1) * p->stride_h < p->in.h && (p->out.w - 1) * p->stride_w < p->in.w) {
-            conv_1x1(p, in, filter, bias, mult, shift, out);
-            return ES_OK;
-        }
-        if (p->filter.h == 3 && p->filter.w == 3) {
-            conv_3x3(p, in, filter, bias, mult, shift, out);
-            return ES_OK;
-        }
+    if (p->filter.c == p->in.c && offset_fits_int16(p->input_offset)) {
+        const requant_args r = conv_requant(p, bias, mult, shift);
+        for_each_pixel(p, &r, in, filter, out, conv_pixel_fast);
+        return ES_OK;
     }
 #endif
     return es_conv2d_s8_generic(p, in, filter, bias, mult, shift, out);
 }
 
-int es_depthwise_conv2d_s8(const es_conv_params *p, const int8_t *in, const int8_t *filter,
-                           const int32_t *bias, const int32_t *mult, const int32_t *shift,
-                           int8_t *out)
+/* DEPTHWISE_CONV_2D, any depth multiplier: the definition the fast path is tested against. */
+static void depthwise_generic(const es_conv_params *p, const int8_t *in, const int8_t *filter,
+                              const int32_t *bias, const int32_t *mult, const int32_t *shift, int8_t *out)
 {
-    const int32_t in_c = p != NULL ? p->in.c : 0, mult_c = p != NULL ? p->depth_multiplier : 0;
-    const int32_t out_c = in_c * mult_c;
+    const int32_t in_c = p->in.c, mult_c = p->depth_multiplier, out_c = p->out.c;
     int32_t b, oy, ox, ic, m, ky, kx;
-    int rc = conv_check(p, in, filter, mult, shift, out);
-    if (rc != ES_OK) {
-        return rc;
-    }
-    if (mult_c < 1 || p->out.c != out_c || p->filter.c != out_c) {
-        return ES_ERR_SHAPE;
-    }
     for (b = 0; b < p->out.n; ++b) {
         for (oy = 0; oy < p->out.h; ++oy) {
             const int32_t iy0 = oy * p->stride_h - p->pad_top;
@@ -281,6 +390,27 @@ int es_depthwise_conv2d_s8(const es_conv_params *p, const int8_t *in, const int8
             }
         }
     }
+}
+
+int es_depthwise_conv2d_s8(const es_conv_params *p, const int8_t *in, const int8_t *filter,
+                           const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                           int8_t *out)
+{
+    int rc = conv_check(p, in, filter, mult, shift, out);
+    if (rc != ES_OK) {
+        return rc;
+    }
+    if (p->depth_multiplier < 1 || p->out.c != p->in.c * p->depth_multiplier || p->filter.c != p->out.c) {
+        return ES_ERR_SHAPE;
+    }
+#ifndef ES_CONV_FORCE_GENERIC
+    if (p->depth_multiplier == 1 && offset_fits_int16(p->input_offset)) {
+        const requant_args r = conv_requant(p, bias, mult, shift);
+        for_each_pixel(p, &r, in, filter, out, depthwise_pixel_fast);
+        return ES_OK;
+    }
+#endif
+    depthwise_generic(p, in, filter, bias, mult, shift, out);
     return ES_OK;
 }
 
@@ -288,22 +418,46 @@ int es_fully_connected_s8(const es_fc_params *p, const int8_t *in, const int8_t 
                           const int32_t *bias, const int32_t *mult, const int32_t *shift,
                           int8_t *out)
 {
+    const int32_t in_f = p != NULL ? p->in_features : 0, out_f = p != NULL ? p->out_features : 0;
     int32_t b, o, i;
     if (p == NULL || in == NULL || weights == NULL || mult == NULL || shift == NULL || out == NULL) {
         return ES_ERR_NULL;
     }
-    if (p->batches < 0 || p->in_features < 1 || p->out_features < 1) {
+    if (p->batches < 0 || in_f < 1 || out_f < 1) {
         return ES_ERR_SHAPE;
     }
+#ifndef ES_CONV_FORCE_GENERIC
+    if (offset_fits_int16(p->input_offset)) {
+        requant_args r;
+        r.bias = bias;
+        r.mult = mult;
+        r.shift = shift;
+        r.output_offset = p->output_offset;
+        r.act_min = p->act_min;
+        r.act_max = p->act_max;
+        for (b = 0; b < p->batches; ++b) {
+            const int8_t *x = in + (size_t)b * in_f;
+            int8_t *dst = out + (size_t)b * out_f;
+            for (o = 0; o < out_f;) {
+                const int32_t count = out_f - o >= 4 ? 4 : 1;
+                int32_t acc[4] = {0, 0, 0, 0};
+                dot_n(x, weights + (size_t)o * in_f, in_f, in_f, (int16_t)p->input_offset, count, acc);
+                store_block(&r, acc, o, count, dst);
+                o += count;
+            }
+        }
+        return ES_OK;
+    }
+#endif
     for (b = 0; b < p->batches; ++b) {
-        const int8_t *x = in + (size_t)b * p->in_features;
+        const int8_t *x = in + (size_t)b * in_f;
         const int8_t *w = weights;
-        for (o = 0; o < p->out_features; ++o) {
+        for (o = 0; o < out_f; ++o) {
             int32_t acc = 0;
-            for (i = 0; i < p->in_features; ++i) {
+            for (i = 0; i < in_f; ++i) {
                 acc += ((int32_t)x[i] + p->input_offset) * (int32_t)w[i];
             }
-            w += p->in_features;
+            w += in_f;
             if (bias != NULL) {
                 acc += bias[o];
             }

@@ -61,7 +61,9 @@ typedef struct {
 } es_conv_params;
 
 /* CONV_2D, per-channel requantization (mult/shift: one per output channel), bias may be NULL.
- * Picks the 1x1 or 3x3 fast path when it applies (unless built with ES_CONV_FORCE_GENERIC). */
+ * Takes the fast path (contiguous dot products, padding clipped per pixel) for every convolution
+ * without groups, unless built with ES_CONV_FORCE_GENERIC; depthwise (multiplier 1) and fully
+ * connected have fast paths too. Fast and general paths give the same bits. */
 int es_conv2d_s8(const es_conv_params *p, const int8_t *in, const int8_t *filter,
                  const int32_t *bias, const int32_t *mult, const int32_t *shift, int8_t *out);
 /* The general path alone: the definition the fast paths are tested against. */
