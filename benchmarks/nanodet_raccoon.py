@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgesmith.cli import main as cli_main  # noqa: E402
 from trainer.models import build_model  # noqa: E402
+from trainer.models.nanodet.shufflenet import ChannelSelect  # noqa: E402
 
 ARCHIVE = Path("/work/shared/datasets/raccoon-voc-train.tar.gz")
 PUBLISHED = {"params_m": 0.95, "gflops": 0.72}  # NanoDet-m at 320, from the NanoDet README
@@ -45,8 +46,11 @@ def count_macs(model: nn.Module, hw: tuple[int, int]) -> int:
             total += output.numel() * k
         elif isinstance(module, nn.Linear):
             total += output.numel() * module.in_features
+        elif isinstance(module, ChannelSelect):  # nanodet-mcu's channel split: a fixed 1x1 conv
+            total += output.numel() * module.weight.shape[1]
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    counted = (nn.Conv2d, nn.Linear, ChannelSelect)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
     with torch.no_grad():
         model.eval()(torch.zeros(1, 3, *hw))
     for h in handles:
@@ -59,7 +63,7 @@ def size_table(num_classes: int) -> list[dict]:
     for name, width in (("nanodet-m", 0.5), ("nanodet-m", 1.0), ("nanodet-m", 1.5), ("nanodet-plus-m", 1.0),
                         ("nanodet-mcu", 0.5)):
         model = build_model(name, num_classes=num_classes, width_mult=width)
-        # The selection convs of nanodet-mcu's channel split are buffers, not parameters, but cost MACs.
+        # nanodet-mcu's channel-split selection convs are buffers (not parameters) but are counted as MACs.
         params = sum(p.numel() for p in model.parameters())
         rows.append({"model": name, "width_mult": width, "params_m": params / 1e6,
                      "gmacs_320": count_macs(model, (320, 320)) / 1e9})

@@ -42,7 +42,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    t = sub.add_parser("train", help="train a classifier; writes a run directory with checkpoint, model.onnx, manifest")
+    t = sub.add_parser("train", help="train a classifier or detector; writes a run directory with checkpoint, model.onnx, manifest")
     t.add_argument("--config", metavar="FILE.yaml", help="YAML config (keys as in examples/configs/)")
     t.add_argument("--model", help="model name (resnet18, resnet8)")
     t.add_argument("--data", metavar="PATH", help="'synthetic' (default), a CIFAR-10 folder/.tar.gz, or an image folder")
@@ -111,11 +111,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("boards", help="list the board profiles: core, clock, memories, toolchain, emulator")
 
+    from edgesmith import device  # build / flash / run (argparse lines live beside their handlers)
+
+    device.add_parsers(sub)
+
     d = sub.add_parser("detect", help="run a detector run on images; writes PNGs with boxes and labels")
     d.add_argument("run_dir", metavar="RUN_DIR", help="run directory of a detector (nanodet-*) run")
     d.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     d.add_argument("--out", metavar="DIR", default="detections", help="output folder (default ./detections)")
-    d.add_argument("--score-thr", type=float, help="minimum score (default: the run's detection.score_thr)")
+    d.add_argument("--score-thr", type=float, help="minimum score of a drawn box (default 0.35)")
     d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     return parser
 
@@ -338,10 +342,11 @@ def cmd_eval_variant(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
-    print(f"{'variant':<16} {'top-1':>8} {'KiB':>9} {'MMACs':>8} {'CPU ms':>8}")
+    metric = "map50" if "map50" in entries[0] else "top1"
+    print(f"{'variant':<16} {'mAP@.5' if metric == 'map50' else 'top-1':>8} {'KiB':>9} {'MMACs':>8} {'CPU ms':>8}")
     for e in entries:
-        print(f"{e['variant']:<16} {e['top1']:8.2%} {e['bytes'] / 1024:9.1f} {e['macs'] / 1e6:8.2f} "
-              f"{e['cpu_latency_ms']:8.3f}")
+        value = f"{e[metric]:8.4f}" if metric == "map50" else f"{e[metric]:8.2%}"
+        print(f"{e['variant']:<16} {value} {e['bytes'] / 1024:9.1f} {e['macs'] / 1e6:8.2f} {e['cpu_latency_ms']:8.3f}")
     print(f"report: {Path(args.run_dir) / 'reports' / 'variants.json'} (+ variants.png)")
     return 0
 
@@ -376,6 +381,15 @@ def cmd_boards(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "detect": cmd_detect, "quantize": cmd_quantize,
             "export": cmd_export, "inspect": cmd_inspect, "boards": cmd_boards}
+
+
+def _device_commands() -> dict:
+    from edgesmith import device
+
+    return device.COMMANDS
+
+
+COMMANDS.update(_device_commands())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,8 @@ from trainer.engine.setup import resolve_device
 
 ONNX_FILE = "model.onnx"
 PARITY_IMAGES = 16  # real validation images compared between PyTorch and onnxruntime
+# Pictures for people: only confident boxes (mAP evaluation keeps down to detection.score_thr, 0.05).
+DETECT_SCORE_THR = 0.35
 
 
 def is_detection_checkpoint(ckpt: Checkpoint) -> bool:
@@ -104,6 +106,15 @@ class DetectionEvalReport:
         return {"model": self.model_desc, "data": self.data_desc, **self.metrics}
 
 
+def shipped_model(ckpt: Checkpoint) -> torch.nn.Module:
+    """The run's model as exported to model.onnx: its EMA weights when the run kept an EMA."""
+    model = build_model_from_checkpoint(ckpt)
+    ema = {k[len("ema."):]: v for k, v in ckpt.extra_tensors.items() if k.startswith("ema.")}
+    if ema:
+        model.load_state_dict(ema, strict=True)
+    return model.eval()
+
+
 def _run_params(ckpt: Checkpoint, score_thr: float | None = None) -> PostprocessParams:
     d = dict(ckpt.train_state["postprocess"])
     if score_thr is not None:
@@ -113,11 +124,8 @@ def _run_params(ckpt: Checkpoint, score_thr: float | None = None) -> Postprocess
     return PostprocessParams.from_dict(d)
 
 
-def evaluate_detection_run(run_dir: str | Path, *, data: str | None = None, split: str = "val",
-                           device: str = "auto", batch_size: int = 16) -> DetectionEvalReport:
-    """COCO mAP of a detector run's checkpoint on ``split`` of ``data`` (default: its training data)."""
-    ckpt = load_checkpoint(run_dir, load_optimizer=False)
-    st = ckpt.train_state
+def _open_run_data(st: dict, data: str | None):
+    """The detection dataset a run was trained on (or ``data``), with the run's val carve; classes checked."""
     cfg = st.get("config", {})
     path = data if data is not None else cfg.get("data", {}).get("path")
     ds = open_detection_dataset(path, val_fraction=cfg.get("data", {}).get("val_fraction", 0.1),
@@ -125,17 +133,71 @@ def evaluate_detection_run(run_dir: str | Path, *, data: str | None = None, spli
     if list(ds.classes) != list(st["classes"]):
         raise DataError(f"the dataset's classes {ds.classes[:10]} do not match the model's {st['classes'][:10]}; "
                         "evaluate on data with the same class names")
+    return ds
+
+
+def evaluate_detection_run(run_dir: str | Path, *, data: str | None = None, split: str = "val",
+                           device: str = "auto", batch_size: int = 16) -> DetectionEvalReport:
+    """COCO mAP of a detector run's checkpoint on ``split`` of ``data`` (default: its training data)."""
+    ckpt = load_checkpoint(run_dir, load_optimizer=False)
+    st = ckpt.train_state
+    ds = _open_run_data(st, data)
     dev = resolve_device(device)
-    model = build_model_from_checkpoint(ckpt).to(dev)
+    model = shipped_model(ckpt).to(dev)
     metrics = evaluate_detector(model, getattr(ds, split), list(ds.classes), _run_params(ckpt),
                                 st["preprocessing"], dev, batch_size)
     return DetectionEvalReport(metrics, list(ds.classes), f"{ckpt.model_name} (PyTorch, {run_dir})",
                                f"{ds.source} [{split}]")
 
 
+def evaluate_detection_onnx(run_dir: str | Path, onnx_path: str | Path, *, data: str | None = None,
+                            split: str = "val", batch_size: int = 16) -> DetectionEvalReport:
+    """COCO mAP of an ONNX file of a detector run (model.onnx or a variant) in onnxruntime.
+
+    The network runs in onnxruntime (INT8 / FP16 as the file says); post-processing stays in float,
+    exactly as for the run's PyTorch evaluation.
+    """
+    import onnxruntime as ort  # noqa: PLC0415
+
+    from trainer.detection.evaluate import predict_split, score_predictions  # noqa: PLC0415
+
+    ckpt = load_checkpoint(run_dir, load_optimizer=False)
+    st = ckpt.train_state
+    ds = _open_run_data(st, data)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def run(x: torch.Tensor):
+        return tuple(torch.from_numpy(o) for o in sess.run(None, {name: x.cpu().numpy()}))
+
+    preds, samples = predict_split(torch.nn.Identity(), getattr(ds, split), _run_params(ckpt), st["preprocessing"],
+                                   torch.device("cpu"), batch_size, run=run)
+    metrics = score_predictions(preds, samples, list(ds.classes))
+    metrics["num_images"] = len(samples)
+    return DetectionEvalReport(metrics, list(ds.classes), f"{onnx_path} (onnxruntime)", f"{ds.source} [{split}]")
+
+
+def calibration_images(run_dir: str | Path, n: int) -> tuple[np.ndarray, str]:
+    """Up to ``n`` letterboxed training images (uint8 NHWC) of a detector run, for INT8 calibration."""
+    ckpt = load_checkpoint(run_dir, load_optimizer=False)
+    st = ckpt.train_state
+    ds = _open_run_data(st, None)
+    images = []
+    for batch, _infos, _samples in letterboxed_batches(ds.train, _run_params(ckpt).input_hw, 16):
+        images.append(batch)
+        if sum(len(b) for b in images) >= n:
+            break
+    return np.concatenate(images)[:n], f"{ds.source} [train, letterboxed]"
+
+
 def detect(run_dir: str | Path, images: list[str | Path], out_dir: str | Path, *, score_thr: float | None = None,
            device: str = "auto") -> list[Path]:
-    """Run a detector run on image files; write ``<out_dir>/<stem>.png`` with boxes and labels drawn."""
+    """Run a detector run on image files; write ``<out_dir>/<stem>.png`` with boxes and labels drawn.
+
+    ``score_thr`` defaults to :data:`DETECT_SCORE_THR` (0.35).
+    """
     from PIL import Image
 
     ckpt = load_checkpoint(run_dir, load_optimizer=False)
@@ -143,9 +205,10 @@ def detect(run_dir: str | Path, images: list[str | Path], out_dir: str | Path, *
         raise ConfigError(f"{run_dir} is a '{ckpt.model_name}' classifier run; `edgesmith detect` needs a detector run "
                           "(trained with --model nanodet-m, nanodet-plus-m or nanodet-mcu)")
     st = ckpt.train_state
-    params, pre, classes = _run_params(ckpt, score_thr), st["preprocessing"], st["classes"]
+    params = _run_params(ckpt, DETECT_SCORE_THR if score_thr is None else score_thr)
+    pre, classes = st["preprocessing"], st["classes"]
     dev = resolve_device(device)
-    model = build_model_from_checkpoint(ckpt).to(dev)
+    model = shipped_model(ckpt).to(dev)
     normalizer = Normalizer(pre["mean"], pre["std"], dev, channels_last=False)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,10 @@ def calibration_set(src: _Source, req: QuantizeRequest) -> CalibrationSet:
     if req.calib_data is not None:
         images, _ = folder_images(req.calib_data, src.spec.size, req.calib_size, req.seed)
         where = req.calib_data
+    elif _is_detector(src):
+        from edgesmith.detection import calibration_images  # noqa: PLC0415
+
+        images, where = calibration_images(src.run_dir, req.calib_size)
     else:
         ds = _run_dataset(src)
         images = sample_split(ds, req.calib_size, req.seed)
@@ -108,6 +112,10 @@ def calibration_set(src: _Source, req: QuantizeRequest) -> CalibrationSet:
     _, dims = model_input(src.fp32)
     check_batches_fit(batches, dims, where)
     return CalibrationSet(batches, where, src.spec)
+
+
+def _is_detector(src: _Source) -> bool:
+    return bool(src.train_state) and src.train_state.get("task") == "detection"
 
 
 def _run_dataset(src: _Source):
@@ -176,6 +184,9 @@ def _run_qat(src: _Source, req: QuantizeRequest, feeds, out: Path, log) -> dict:
 
     if req.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1 for QAT, got {req.epochs}")
+    if _is_detector(src):
+        raise ConfigError("--qat fine-tunes classifiers; for a detector run use PTQ (--int8 --method mse or "
+                          "percentile), which keeps the detector's post-processing in float")
     ckpt = load_checkpoint(src.run_dir, load_optimizer=False)
     model = build_model_from_checkpoint(ckpt)
     ds = _run_dataset(src)
@@ -216,13 +227,23 @@ def evaluate_variants(run_dir: str | Path, variant: str, *, data: str | None = N
     from edgesmith.evaluation import evaluate_onnx  # noqa: PLC0415
     from quantize.variants import update_report, variant_entry  # noqa: PLC0415
 
+    from trainer.checkpoint import load_checkpoint  # noqa: PLC0415
+
     run_dir = Path(run_dir)
+    detector = load_checkpoint(run_dir, load_optimizer=False).train_state.get("task") == "detection"
     names = (["fp32"] + sorted(p.stem for p in (run_dir / VARIANTS_DIR).glob("*.onnx"))) if variant == "all" else [variant]
     entries = []
     for name in names:
         path = variant_path(run_dir, name)
-        rep = evaluate_onnx(path, run_dir=run_dir, data=data, split=split, batch_size=batch_size)
-        metrics = {"top1": rep.result.top1, "images": rep.result.total, "data": rep.data_desc}
+        if detector:
+            from edgesmith.detection import evaluate_detection_onnx  # noqa: PLC0415
+
+            rep = evaluate_detection_onnx(run_dir, path, data=data, split=split)
+            metrics = {"map": rep.metrics["map"], "map50": rep.metrics["map50"], "images": rep.metrics["num_images"],
+                       "data": rep.data_desc}
+        else:
+            rep = evaluate_onnx(path, run_dir=run_dir, data=data, split=split, batch_size=batch_size)
+            metrics = {"top1": rep.result.top1, "images": rep.result.total, "data": rep.data_desc}
         entries.append(variant_entry(name, path, metrics))
     if not entries:
         raise DataError(f"no variants to evaluate in {run_dir}")

@@ -116,7 +116,16 @@ def folder_images(path: str | Path, size: tuple[int, int], n: int, seed: int) ->
     return decode_images([f.read_bytes() for f in chosen], [str(f) for f in chosen], tuple(size)), len(files)
 
 
-def batches_of(x: np.ndarray, batch: int = CALIB_BATCH) -> list[np.ndarray]:
+#: calibration runs keep every intermediate activation of a batch in memory: size batches by input size
+CALIB_BATCH_ELEMENTS = 1 << 21
+
+
+def batches_of(x: np.ndarray, batch: int | None = None) -> list[np.ndarray]:
+    """Split preprocessed images into calibration batches (default: at most 32 images and about
+    2 M input values per batch, so a 320x320 detector calibrates in batches of 6)."""
+    if batch is None:
+        per_image = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
+        batch = max(1, min(CALIB_BATCH, CALIB_BATCH_ELEMENTS // max(1, per_image)))
     return [x[i:i + batch] for i in range(0, len(x), batch)]
 
 

@@ -6,7 +6,9 @@ onnxruntime's own; ``mse`` (below) picks, per tensor, the clipping range that mi
 squared error of int8 quantization — clipping error plus rounding error — over the histogram of the
 calibration activations, searching ranges shrunk from the observed min/max.
 
-Batches are fed one at a time so memory stays bounded by one batch of activations.
+Batches are fed one ``collect_data`` call at a time: onnxruntime then merges ranges (or histograms)
+after each batch, so memory stays bounded by one batch of activations (``calibration.batches_of``
+sizes batches by input size).
 """
 from __future__ import annotations
 

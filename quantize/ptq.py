@@ -25,19 +25,19 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgesmith.errors import ConfigError, ExportError
 from quantize.calibrators import compute_ranges, quiet_onnxruntime
 from quantize.scheme import check_qdq_scheme
 
-#: ONNX op types the INT8 scheme quantizes (and firmware_export compiles); anything else must be
-#: kept in float explicitly with ``keep_float`` or the model cannot be quantized.
-QUANTIZABLE_OPS = frozenset({
-    "Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool",
-    "Relu", "Clip", "Reshape", "Flatten", "Transpose", "Resize", "Pad", "Sigmoid", "Softmax",
-    "Identity", "Squeeze", "Unsqueeze", "Sign", "BatchNormalization", "Dropout", "ReduceMean", "GlobalMaxPool",
-})
+#: ONNX op types the INT8 scheme quantizes: what onnxruntime's QDQ quantizer handles, plus ops that
+#: carry no arithmetic of their own. Anything else must be kept in float explicitly (``keep_float``).
+#: (Firmware export accepts a subset; its importer lists what it cannot compile.)
+PASS_THROUGH_OPS = frozenset({"Relu", "Clip", "Identity", "Dropout", "Sign", "GlobalMaxPool", "ReduceMean",
+                              "BatchNormalization"})
+QUANTIZABLE_OPS = frozenset(QLinearOpsRegistry) | frozenset(QDQRegistry) | PASS_THROUGH_OPS
 #: ops whose outputs TFLite fixes to scale 1/256, zero point -128 (int8 LOGISTIC / SOFTMAX): pinning
 #: them here saves the firmware a second rounding
 PROBABILITY_OPS = ("Sigmoid", "Softmax")

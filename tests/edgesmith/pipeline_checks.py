@@ -32,12 +32,20 @@ STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2"]
 
 
 def reference_outputs(graph: IntGraph, batch: np.ndarray) -> np.ndarray:
-    """Outputs of a single-input, single-output graph for each item of ``batch`` (int8, batch 1 each)."""
-    (name,), (out,) = graph.inputs, graph.outputs
-    return np.stack([reference.run(graph, {name: x[None]})[out][0] for x in batch])
+    """Outputs of a single-input graph for each item of ``batch`` (int8, batch 1 each); several
+    outputs are flattened and concatenated in graph order, as the C model writes them."""
+    (name,) = graph.inputs
+    rows = []
+    for x in batch:
+        got = reference.run(graph, {name: x[None]})
+        rows.append(np.concatenate([got[o].reshape(-1) for o in graph.outputs]))
+    out = np.stack(rows)
+    if len(graph.outputs) == 1:
+        return out.reshape((len(batch), *graph.tensor(graph.outputs[0]).shape[1:]))
+    return out
 
 
-def tflm_outputs(tflite: bytes, batch: np.ndarray) -> np.ndarray:
+def tflm_outputs(tflite: bytes, batch: np.ndarray, num_outputs: int = 1) -> np.ndarray:
     from tflite_micro.python.tflite_micro import runtime as tflm
 
     interp = tflm.Interpreter.from_bytes(tflite)
@@ -45,7 +53,10 @@ def tflm_outputs(tflite: bytes, batch: np.ndarray) -> np.ndarray:
     for x in batch:
         interp.set_input(x[None], 0)
         interp.invoke()
-        outs.append(interp.get_output(0)[0])
+        if num_outputs == 1:
+            outs.append(interp.get_output(0)[0])
+        else:
+            outs.append(np.concatenate([interp.get_output(i).reshape(-1) for i in range(num_outputs)]))
     return np.stack(outs)
 
 
@@ -70,5 +81,5 @@ def three_way(graph: IntGraph, batch: np.ndarray, work: Path) -> dict[str, np.nd
     want = reference_outputs(graph, batch)
     emit_c(graph, work / "c")
     exe = build_c(work / "c", work)
-    return {"reference": want, "tflm": tflm_outputs(write_tflite(graph), batch),
+    return {"reference": want, "tflm": tflm_outputs(write_tflite(graph), batch, len(graph.outputs)),
             "c": c_outputs(exe, batch, want.shape[1:])}

@@ -85,3 +85,48 @@ def test_detect_errors_are_user_errors(detector_run, tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
     assert main(["detect", str(run), str(tmp_path / "bad.png"), "--score-thr", "1.5"]) == 2
     assert "--score-thr" in capsys.readouterr().err
+
+
+def test_eval_and_detect_use_the_exported_ema_weights(tmp_path):
+    from edgesmith.detection import shipped_model
+    from trainer.checkpoint import load_checkpoint
+
+    model = build_model("nanodet-mcu", num_classes=2, width_mult=0.5)
+    ema = {f"ema.{k}": v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_checkpoint(tmp_path / "run", model_name="nanodet-mcu",
+                    model_args={"num_classes": 2, "width_mult": 0.5, "in_channels": 3},
+                    state_dict=model.state_dict(), train_state={"task": "detection"}, extra_tensors=ema)
+    got = shipped_model(load_checkpoint(tmp_path / "run")).state_dict()
+    for k, v in got.items():
+        torch.testing.assert_close(v, ema[f"ema.{k}"], msg=k)
+
+
+def test_detector_int8_variant_gets_map_and_compiles_bit_exact(detector_run, tmp_path, capsys):
+    """A NanoDet-style network through PTQ (letterboxed calibration), eval --variant (mAP with float
+    post-processing), and firmware export: reference, TFLite Micro and C agree bit for bit."""
+    import shutil
+
+    import numpy as np
+
+    from firmware_export.onnx_importer import import_qdq_onnx
+    from pipeline_checks import three_way
+
+    _data, trained = detector_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main(["quantize", str(run), "--calib-size", "6"]) == 0
+    assert "letterboxed" in capsys.readouterr().out
+    assert main(["eval", str(run), "--variant", "all", "--json"]) == 0
+    entries = {e["variant"]: e for e in json.loads(capsys.readouterr().out)}
+    assert {"fp32", "int8"} <= set(entries) and all(0 <= e["map50"] <= 1 for e in entries.values())
+    assert main(["quantize", str(run), "--qat"]) == 2
+    assert "fine-tunes classifiers" in capsys.readouterr().err
+    imp = import_qdq_onnx(run / "variants" / "int8.onnx")
+    assert len(imp.graph.outputs) > 1  # raw head outputs of several levels
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, (2, *imp.graph.tensor(imp.graph.inputs[0]).shape[1:]), dtype=np.int8)
+    if shutil.which("gcc") is None:
+        pytest.skip("needs a host C compiler for the C leg")
+    out = three_way(imp.graph, x, tmp_path / "fw")
+    np.testing.assert_array_equal(out["tflm"], out["reference"])
+    np.testing.assert_array_equal(out["c"], out["reference"])

@@ -1,0 +1,344 @@
+"""The EdgeSmith device protocol, host side: frame codec, payload types and the ``Device`` client.
+
+``targets/protocol.md`` is the specification; this module implements exactly that page. Layers,
+bottom up (STYLE 6: bounded retries at the layer that can recover):
+
+* :func:`encode_frame` / :class:`FrameDecoder` — ``A5 5A | type | seq | len u16 | payload |
+  CRC32``; the decoder resynchronises on ``A5 5A`` after a bad CRC, an over-long length or a
+  frame that does not complete within ``FRAME_TIMEOUT_S``.
+* :class:`Device` (in :mod:`targets.client`, importable from here) — one command at a time: send, wait for the response with the same seq,
+  resend the *same* frame (same seq, so the device answers from its stored response instead of
+  executing twice) on NAK or silence, at most ``COMMAND_ATTEMPTS`` tries. An ERR answer is final
+  and raises :class:`DeviceCommandError` with the device's error code.
+* Typed commands (``info``, ``erase``, ``write``, ``verify``, ``commit``, ``infer``, ...) pack
+  and unpack the payloads of the command table.
+
+The device checks CRCs and the blob's structure hash; Ed25519 signatures are checked on the host
+(``targets.flasher``), never by the firmware.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+import time
+import zlib
+from typing import Callable
+
+from edgesmith.errors import EdgeSmithError
+
+PROTOCOL_VERSION = 1
+SOF = b"\xa5\x5a"
+HEADER_SIZE = 6  # SOF, type, seq, length u16
+CRC_SIZE = 4
+MAX_PAYLOAD = 1024
+#: a frame must complete this long after its first byte, else the receiver drops it
+FRAME_TIMEOUT_S = 0.2
+#: WRITE payload: slot u8 + offset u32 before the data
+WRITE_HEADER_SIZE = 5
+MAX_WRITE_DATA = MAX_PAYLOAD - WRITE_HEADER_SIZE
+#: INPUT payload: offset u32 before the data
+MAX_INPUT_DATA = MAX_PAYLOAD - 4
+
+#: tries per command (first send + resends) before the command fails
+COMMAND_ATTEMPTS = 5
+#: wait per try for commands the device answers at once
+RESPONSE_TIMEOUT_S = 0.5
+#: wait per try for commands that erase, hash or compute (simulated and emulated devices are slow)
+LONG_TIMEOUTS_S = {"ERASE": 10.0, "VERIFY": 10.0, "COMMIT": 15.0, "INFER": 60.0}
+#: seconds per byte assumed for socket:// links (QEMU's UART: ~1-10 KB/s), added to each wait
+SOCKET_BYTE_TIME_S = 1e-3
+
+
+class Cmd(enum.IntEnum):
+    """Command codes (protocol.md, "Commands")."""
+
+    INFO = 0x01
+    ERASE = 0x02
+    WRITE = 0x03
+    VERIFY = 0x04
+    COMMIT = 0x05
+    INFER = 0x06
+    STATS = 0x07
+    REBOOT = 0x08
+    CONFIRM = 0x09
+    READ = 0x0A
+    INPUT = 0x0B
+    OUTPUT = 0x0C
+
+
+OK_FLAG = 0x80
+RESP_ERR = 0x7E
+RESP_NAK = 0x7F
+
+
+class ErrCode(enum.IntEnum):
+    """ERR payload byte 0."""
+
+    BAD_ARGS = 1
+    SLOT_ACTIVE = 2
+    BAD_OFFSET = 3
+    FLASH = 4
+    HASH_MISMATCH = 5
+    BLOB_INVALID = 6
+    NO_MODEL = 7
+    INPUT_SIZE = 8
+    NOT_TRIAL = 9
+    UNKNOWN_COMMAND = 10
+
+
+class NakReason(enum.IntEnum):
+    """NAK payload byte 0."""
+
+    BAD_CRC = 1
+    TOO_LONG = 2
+    TIMEOUT = 3
+    UNKNOWN_TYPE = 4
+
+
+class SlotState(enum.IntEnum):
+    """State of a weight slot (protocol.md, "Slots and updates")."""
+
+    EMPTY = 0
+    WRITING = 1
+    VALID = 2
+    TRIAL = 3
+    BAD = 4
+
+
+#: ``DeviceInfo.active_slot`` when the device runs the weights compiled into the firmware
+COMPILED_IN_SLOT = 0xFF
+SLOT_A, SLOT_B = 0, 1
+
+
+class DeviceError(EdgeSmithError):
+    """A device, port or link fault the user can act on (device not answering, refused command)."""
+
+
+class DeviceConnectionError(DeviceError):
+    """The port cannot be opened, or the link went away (cable pulled, emulator exited)."""
+
+
+class DeviceTimeoutError(DeviceError):
+    """A command got no valid answer within its bounded tries."""
+
+
+class DeviceCommandError(DeviceError):
+    """The device answered ERR: ``code`` (an :class:`ErrCode` when known) and its ``message``."""
+
+    def __init__(self, command: str, code: int, message: str):
+        self.command = command
+        self.code = code
+        self.device_message = message
+        name = ErrCode(code).name if code in ErrCode._value2member_map_ else f"code {code}"
+        super().__init__(f"device refused {command}: {name}: {message or '(no message)'}")
+
+
+# ---------------------------------------------------------------- frame codec
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """One decoded frame."""
+
+    type: int
+    seq: int
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeFault:
+    """A dropped frame: ``reason`` is a :class:`NakReason` (what the device would NAK with)."""
+
+    reason: NakReason
+    type: int | None = None
+    seq: int | None = None
+
+
+def encode_frame(ftype: int, seq: int, payload: bytes = b"") -> bytes:
+    """One frame: SOF, type, seq, length, payload, CRC32 over type..payload."""
+    if not 0 <= ftype <= 0xFF or not 0 <= seq <= 0xFF:
+        raise DeviceError(f"frame type {ftype} and seq {seq} must each fit in one byte (0..255)")
+    if len(payload) > MAX_PAYLOAD:
+        raise DeviceError(f"frame payload is {len(payload)} bytes; the protocol allows at most "
+                          f"{MAX_PAYLOAD}: split it (WRITE/INPUT/OUTPUT take offsets)")
+    body = struct.pack("<BBH", ftype, seq, len(payload)) + bytes(payload)
+    return SOF + body + struct.pack("<I", zlib.crc32(body))
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed(bytes)`` returns the frames and drop events completed so far.
+
+    After any failure only the first byte of the failed candidate is discarded and the buffer is
+    scanned again for ``A5 5A``, so a valid frame that a corrupted length swallowed is still found.
+    ``clock`` is injectable so tests can step time.
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD, frame_timeout_s: float = FRAME_TIMEOUT_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_payload = max_payload
+        self.frame_timeout_s = frame_timeout_s
+        self._clock = clock
+        self._buf = bytearray()
+        self._started: float | None = None  # when the current candidate frame began
+
+    @property
+    def pending(self) -> int:
+        """Bytes held while waiting for the rest of a frame."""
+        return len(self._buf)
+
+    def reset(self) -> None:
+        """Forget every buffered byte (a new connection)."""
+        self._buf.clear()
+        self._started = None
+
+    def feed(self, data: bytes = b"") -> list[Frame | DecodeFault]:
+        """Add received bytes (may be empty, to expire a stale partial frame); return events."""
+        self._buf += data
+        events: list[Frame | DecodeFault] = []
+        while True:
+            start = self._buf.find(SOF)
+            if start < 0:
+                # keep a trailing 0xA5: it may be the first half of the next SOF
+                keep = 1 if self._buf[-1:] == SOF[:1] else 0
+                del self._buf[:len(self._buf) - keep]
+                if not keep:
+                    self._started = None
+                return events
+            if start:
+                del self._buf[:start]
+                self._started = None
+            now = self._clock()
+            if self._started is None:
+                self._started = now
+            if len(self._buf) < HEADER_SIZE:
+                if self._expired(now, events, None, None):
+                    continue
+                return events
+            ftype, seq, length = struct.unpack_from("<BBH", self._buf, 2)
+            if length > self.max_payload:
+                events.append(DecodeFault(NakReason.TOO_LONG, ftype, seq))
+                self._drop_candidate()
+                continue
+            end = HEADER_SIZE + length + CRC_SIZE
+            if len(self._buf) < end:
+                if self._expired(now, events, ftype, seq):
+                    continue
+                return events
+            (crc,) = struct.unpack_from("<I", self._buf, HEADER_SIZE + length)
+            if crc != zlib.crc32(self._buf[2:HEADER_SIZE + length]):
+                events.append(DecodeFault(NakReason.BAD_CRC, ftype, seq))
+                self._drop_candidate()
+                continue
+            events.append(Frame(ftype, seq, bytes(self._buf[HEADER_SIZE:HEADER_SIZE + length])))
+            del self._buf[:end]
+            self._started = None
+
+    def _expired(self, now: float, events: list, ftype: int | None, seq: int | None) -> bool:
+        if now - self._started < self.frame_timeout_s:
+            return False
+        events.append(DecodeFault(NakReason.TIMEOUT, ftype, seq))
+        self._drop_candidate()
+        return True
+
+    def _drop_candidate(self) -> None:
+        del self._buf[:1]
+        self._started = None
+
+
+# ---------------------------------------------------------------- payload types
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotInfo:
+    """One weight slot as INFO reports it."""
+
+    state: SlotState | int
+    next_offset: int
+    committed_length: int
+    graph_hash: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceInfo:
+    """The INFO answer (protocol.md, "DeviceInfo")."""
+
+    protocol_version: int
+    firmware_version: str
+    board: str
+    max_payload: int
+    active_slot: int
+    structure_hash: bytes
+    input_bytes: int
+    output_bytes: int
+    slot_size: int
+    slots: tuple[SlotInfo, SlotInfo]
+
+    _HEAD = struct.Struct("<B16s16sHB32sIII")
+    _SLOT = struct.Struct("<B3xII32s")
+    SIZE = _HEAD.size + 2 * _SLOT.size
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "DeviceInfo":
+        """Parse an INFO payload; a wrong length is a :class:`DeviceError`."""
+        if len(payload) != cls.SIZE:
+            raise DeviceError(f"INFO answer is {len(payload)} bytes, protocol v{PROTOCOL_VERSION} "
+                              f"says {cls.SIZE}: firmware and host speak different protocol versions")
+        ver, fw, board, maxp, active, shash, nin, nout, slot_size = cls._HEAD.unpack_from(payload)
+        slots = []
+        for i in range(2):
+            state, nxt, length, ghash = cls._SLOT.unpack_from(payload, cls._HEAD.size + i * cls._SLOT.size)
+            state = SlotState(state) if state in SlotState._value2member_map_ else state
+            slots.append(SlotInfo(state, nxt, length, ghash))
+        return cls(ver, _cstr(fw), _cstr(board), maxp, active, shash, nin, nout, slot_size, tuple(slots))
+
+    def pack(self) -> bytes:
+        """The INFO payload of this object (tests, simulators)."""
+        out = self._HEAD.pack(self.protocol_version, self.firmware_version.encode(),
+                              self.board.encode(), self.max_payload, self.active_slot,
+                              self.structure_hash, self.input_bytes, self.output_bytes, self.slot_size)
+        for s in self.slots:
+            out += self._SLOT.pack(int(s.state), s.next_offset, s.committed_length, s.graph_hash)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """The STATS answer."""
+
+    inferences: int
+    last_cycles: int
+    arena_bytes: int
+    boots: int
+    frames_received: int
+    crc_errors: int
+    naks_sent: int
+    flash_writes: int
+
+    _FMT = struct.Struct("<8I")
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Stats":
+        if len(payload) != cls._FMT.size:
+            raise DeviceError(f"STATS answer is {len(payload)} bytes, expected {cls._FMT.size}")
+        return cls(*cls._FMT.unpack(payload))
+
+    def pack(self) -> bytes:
+        return self._FMT.pack(*dataclasses.astuple(self))
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+_CLIENT_NAMES = ("Device", "LinkCounters", "open_port")
+
+
+def __getattr__(name: str):
+    """``Device``, ``LinkCounters`` and ``open_port`` live in :mod:`targets.client` (which
+    imports this module); they are importable from here too, resolved on first use."""
+    if name in _CLIENT_NAMES:
+        from targets import client  # noqa: PLC0415
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'targets.protocol' has no attribute {name!r}")
