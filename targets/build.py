@@ -171,7 +171,8 @@ def build_firmware(export_dir: str | Path, board: Any, out_dir: str | Path) -> F
     key = str(name).strip().lower()
     if key not in builders:
         raise ConfigError(f"no firmware build for board {name!r}; choose from: {', '.join(sorted(builders))}")
-    return builders[key](Path(export_dir), Path(out_dir))
+    # absolute paths: the compiler runs inside out_dir/obj, where relative -I paths would not resolve
+    return builders[key](Path(export_dir).resolve(), Path(out_dir).resolve())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -219,3 +219,18 @@ def test_fw_resnet8_large_input_bit_exact(tmp_path):
         assert e.value.code == 8
     finally:
         d.stop()
+
+
+
+def test_build_accepts_relative_paths(tmp_path, monkeypatch):
+    """`edgesmith build` runs from the project root with relative run paths: the compiler (which runs
+    inside the object folder) must still find the exported headers."""
+    from firmware_export.export import export_model
+    from fw_models import host_board
+    from targets.build import build_firmware
+
+    graphs, _ = small_model()
+    export_model(graphs[0], tmp_path / "export", host_board(), formats=["c"])
+    monkeypatch.chdir(tmp_path)
+    image = build_firmware("export", "host", "fw")
+    assert image.elf.is_file() and image.elf.is_absolute()
