@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 # Debian packages the test suite needs (real components, not mocks).
-APT_PACKAGES=(python3-venv gcc gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc-riscv64-unknown-elf qemu-system-misc mosquitto)
+APT_PACKAGES=(python3-venv gcc gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc-riscv64-unknown-elf
+              qemu-system-misc gcc-aarch64-linux-gnu mosquitto)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()
