@@ -34,6 +34,17 @@ def write_cifar_binary(root: Path, n_train: int = 64, n_test: int = 32, seed: in
     return folder
 
 
+def session_tmpdir(prefix: str) -> Path:
+    """A temporary folder for module-level test caches, removed when the test process exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 @pytest.fixture
 def tiny_cifar(tmp_path_factory) -> Path:
     return write_cifar_binary(tmp_path_factory.mktemp("cifar"))

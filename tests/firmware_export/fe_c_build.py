@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from conftest import session_tmpdir
 import numpy as np
 
 from firmware_export import reference
@@ -36,7 +37,7 @@ def _compile(cmd: list[str]) -> None:
 @functools.lru_cache(maxsize=None)
 def runtime_objects(extra_flags: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The runtime and the harness compiled once per flag set per test session (sanitized objects)."""
-    out = Path(tempfile.mkdtemp(prefix="es_runtime_objs_"))
+    out = session_tmpdir("es_runtime_objs_")
     sources = [p for p in runtime_sources() if p.suffix == ".c"]
     objects = []
     for src in sources:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from conftest import session_tmpdir
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "firmware_export"))
@@ -25,7 +26,7 @@ from firmware_export.export import export_model  # noqa: E402
 from targets.boards import get_board  # noqa: E402
 from targets.build import build_host  # noqa: E402
 
-WORK = Path(tempfile.mkdtemp(prefix="es_fw_tests_"))
+WORK = session_tmpdir("es_fw_tests_")
 
 
 def host_board() -> dict:

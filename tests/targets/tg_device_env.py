@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from conftest import session_tmpdir
 import numpy as np
 import pytest
 
@@ -62,7 +63,7 @@ def export_graph(graph: IntGraph, out_dir: Path) -> Path:
 def _build_root() -> Path:
     import tempfile
 
-    return Path(tempfile.mkdtemp(prefix="tg_device_env_"))
+    return session_tmpdir("tg_device_env_")
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,12 +16,12 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 import edgesmith
-from edgesmith.errors import CheckpointError, TrainingError
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from edgesmith.errors import TrainingError
+from trainer.checkpoint import save_checkpoint
 from trainer.config import TrainConfig
+from trainer.engine.resume import ResumePoint, restore_for_resume, wrap_for_training
 from trainer.data.augment import Normalizer
 from trainer.data.detection import open_detection_dataset
 from trainer.data.detection.transforms import DetectionAugment
@@ -111,35 +111,12 @@ def train_detector(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = Fals
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     # --- resume ------------------------------------------------------------------------
-    start_epoch, start_batch, global_step, elapsed_before = 0, 0, 0, 0.0
-    history: list[dict[str, Any]] = []
+    point = ResumePoint()
     if resume:
-        ckpt = load_checkpoint(run_dir)
-        if ckpt.optimizer_state is None:
-            raise CheckpointError(f"{run_dir} has no optimizer state (optimizer.safetensors); cannot resume exactly")
-        model.load_state_dict({k: v.to(device) for k, v in ckpt.state_dict.items()})
-        optimizer.load_state_dict(ckpt.optimizer_state)
-        st = ckpt.train_state
-        saved_hash = st.get("dataset", {}).get("content_hash")
-        if saved_hash and saved_hash != ds.content_hash:
-            raise CheckpointError(
-                f"the data at {ds.source} is not the data this run was trained on (content hash "
-                f"{ds.content_hash[:12]} vs {saved_hash[:12]} in the checkpoint); resume on the same data, "
-                "or start a new run"
-            )
-        start_epoch, start_batch, global_step = st["epoch"], st["next_batch"], st["global_step"]
-        elapsed_before = st.get("elapsed_s", 0.0)
-        history = st.get("history", [])
-        if st.get("scaler"):
-            scaler.load_state_dict(st["scaler"])
-        if ema is not None:
-            ema.load_tensors(ckpt.extra_tensors, st.get("ema_updates", 0))
-
-    train_model: nn.Module = model
-    if dist.enabled:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+        point = restore_for_resume(run_dir, model, optimizer, scaler, ema, ds.content_hash, ds.source, device)
+    start_epoch, start_batch, global_step, elapsed_before = point.epoch, point.batch, point.global_step, point.elapsed_s
+    history: list[dict[str, Any]] = point.history
+    train_model = wrap_for_training(model, distributed=dist.enabled, compile_model=cfg.compile, device=device)
     metrics_log = MetricsLog(run_dir / METRICS_FILE, enabled=dist.is_main)
     if resume:
         metrics_log.truncate_after(global_step)
