@@ -42,7 +42,7 @@ class QuantizeRequest:
     fp16: bool = False
     qat: bool = False
     epochs: int = 2
-    qat_lr: float = 0.001
+    qat_lr: float = 1e-4
     calib_data: str | None = None
     calib_size: int = DEFAULT_CALIB_SIZE
     method: str = "minmax"

@@ -49,7 +49,7 @@ MATCH_RTOL = 1e-3  # relative to the tensor's max |value|
 @dataclass
 class QatSettings:
     epochs: int = 2
-    lr: float = 0.001  # ~1% of a typical training peak: QAT fine-tunes, it does not retrain
+    lr: float = 1e-4  # ~0.1% of a typical training peak: QAT fine-tunes a converged model, it does not retrain
     batch_size: int = 128
     weight_decay: float = 5e-5
     freeze_bn_epoch: int | None = None  # default: the last epoch runs with frozen BN
