@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from edgesmith.errors import ConfigError, DataError
-from edgesmith.manifest import load_manifest, new_manifest, now_iso, record_artifact, write_manifest
-from trainer.checkpoint import CHECKPOINT_FILE, OPTIMIZER_FILE, Checkpoint, build_model_from_checkpoint, load_checkpoint
+from edgesmith.manifest import record_artifact
+from trainer.checkpoint import Checkpoint, build_model_from_checkpoint, load_checkpoint
 from trainer.config import TrainConfig
 from trainer.data.augment import Normalizer
 from trainer.data.detection import letterbox, open_detection_dataset, undo_letterbox
@@ -24,7 +24,6 @@ from trainer.detection.postprocess_np import PostprocessParams
 from trainer.detection.train import postprocess_params, train_detector
 from trainer.engine import TrainResult
 from trainer.engine.distributed import shutdown_distributed
-from trainer.engine.loop import METRICS_FILE
 from trainer.engine.setup import resolve_device
 
 ONNX_FILE = "model.onnx"
@@ -58,29 +57,11 @@ def _parity_images(result: TrainResult, hw: tuple[int, int]) -> torch.Tensor:
 
 
 def _write_run_files(result: TrainResult) -> None:
+    from edgesmith.pipeline import finish_run_manifest, run_manifest  # noqa: PLC0415 (pipeline imports this module)
+
     run_dir = result.run_dir
-    try:
-        manifest = load_manifest(run_dir)
-    except Exception:
-        manifest = new_manifest(result.config.to_dict())
     cfg = result.config
-    manifest["config"] = cfg.to_dict()
-    manifest["status"] = "interrupted" if result.interrupted else "trained"
-    manifest["model"] = {
-        "name": cfg.model.name,
-        "args": {"num_classes": len(result.classes), "width_mult": cfg.model.width_mult, "in_channels": 3},
-        "task": "detection", "classes": result.classes, "preprocessing": result.preprocessing,
-    }
-    ds = result.dataset
-    manifest["dataset"] = {"format": ds.format, "source": ds.source, "content_hash": ds.content_hash,
-                           "classes": list(ds.classes), "val_is_carved": ds.val_is_carved,
-                           "num_train": len(ds.train), "num_val": len(ds.val)}
-    manifest["metrics"]["train"] = result.metrics
-    if result.profile:
-        manifest["metrics"]["profile"] = result.profile
-    for name, kind in ((CHECKPOINT_FILE, "checkpoint"), (OPTIMIZER_FILE, "optimizer_state"), (METRICS_FILE, "metrics")):
-        if (run_dir / name).exists():
-            record_artifact(manifest, run_dir, name, kind=kind)
+    manifest = run_manifest(result, "detection")
     if not result.interrupted:
         params = postprocess_params(cfg, len(result.classes))
         report = export_detector_onnx(result.model, run_dir / ONNX_FILE, params,
@@ -89,10 +70,7 @@ def _write_run_files(result: TrainResult) -> None:
         record_artifact(manifest, run_dir, ONNX_FILE, kind="onnx_fp32_detector", opset=17,
                         parity=report.to_dict() if report else None)
         record_artifact(manifest, run_dir, POSTPROCESS_FILE, kind="detection_postprocess")
-    resumed = any(e.get("stage") == "train" for e in manifest["lineage"])
-    manifest["lineage"].append({"stage": "train", "time": now_iso(), "resumed": resumed,
-                                "interrupted": result.interrupted, "outputs": sorted(manifest["artifacts"])})
-    write_manifest(run_dir, manifest)
+    finish_run_manifest(manifest, result)
 
 
 @dataclass

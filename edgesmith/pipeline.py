@@ -57,7 +57,8 @@ def train_and_export(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = Fa
     return result
 
 
-def _write_run_files(result: TrainResult) -> None:
+def run_manifest(result: TrainResult, task: str) -> dict[str, Any]:
+    """The run's manifest with config, model, dataset, training metrics and the training artifacts recorded."""
     run_dir = result.run_dir
     try:
         manifest = load_manifest(run_dir)
@@ -68,27 +69,39 @@ def _write_run_files(result: TrainResult) -> None:
     manifest["model"] = {
         "name": result.config.model.name,
         "args": {"num_classes": len(result.classes), "width_mult": result.config.model.width_mult, "in_channels": 3},
-        "task": "classification",
+        "task": task,
         "classes": result.classes,
         "preprocessing": result.preprocessing,
     }
     ds = result.dataset
     manifest["dataset"] = {"format": ds.format, "source": ds.source, "content_hash": ds.content_hash,
                            "classes": list(ds.classes), "val_is_carved": ds.val_is_carved,
-                           "num_train": len(ds.train.labels), "num_val": len(ds.val.labels)}
+                           "num_train": len(ds.train), "num_val": len(ds.val)}
     manifest["metrics"]["train"] = result.metrics
     if result.profile:
         manifest["metrics"]["profile"] = result.profile
     for name, kind in ((CHECKPOINT_FILE, "checkpoint"), (OPTIMIZER_FILE, "optimizer_state"), (METRICS_FILE, "metrics")):
         if (run_dir / name).exists():
             record_artifact(manifest, run_dir, name, kind=kind)
+    return manifest
+
+
+def finish_run_manifest(manifest: dict[str, Any], result: TrainResult) -> None:
+    """Append the training lineage entry and write the manifest atomically."""
+    resumed = any(e.get("stage") == "train" for e in manifest["lineage"])
+    manifest["lineage"].append({"stage": "train", "time": now_iso(), "resumed": resumed,
+                                "interrupted": result.interrupted, "outputs": sorted(manifest["artifacts"])})
+    write_manifest(result.run_dir, manifest)
+
+
+def _write_run_files(result: TrainResult) -> None:
+    run_dir = result.run_dir
+    manifest = run_manifest(result, "classification")
+    ds = result.dataset
     if not result.interrupted:
         c, h, w = 3, *result.preprocessing["image_size"]
         report = export_onnx(result.model, run_dir / ONNX_FILE, input_shape=(c, h, w),
                              parity_inputs=parity_batch(ds, result.preprocessing))
         record_artifact(manifest, run_dir, ONNX_FILE, kind="onnx_fp32", opset=17,
                         parity=report.to_dict() if report else None)
-    resumed = any(e.get("stage") == "train" for e in manifest["lineage"])
-    manifest["lineage"].append({"stage": "train", "time": now_iso(), "resumed": resumed,
-                                "interrupted": result.interrupted, "outputs": sorted(manifest["artifacts"])})
-    write_manifest(run_dir, manifest)
+    finish_run_manifest(manifest, result)
