@@ -77,9 +77,11 @@ def _build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="INT8 (PTQ or QAT) and FP16 variants of a run's model or of any FP32 ONNX")
     q.add_argument("target", metavar="RUN_DIR|MODEL.onnx", help="a run directory, or your own FP32 ONNX model")
     q.add_argument("--int8", action="store_true", help="post-training INT8 quantization (the default)")
-    q.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning (runs only), writes int8-qat.onnx")
+    q.add_argument("--qat", action="store_true",
+                   help="quantization-aware fine-tuning of a run (classifier or detector), writes int8-qat.onnx")
     q.add_argument("--epochs", type=int, default=2, help="QAT epochs (default 2)")
-    q.add_argument("--qat-lr", type=float, default=1e-4, help="QAT peak learning rate, cosine decay (default 1e-4)")
+    q.add_argument("--qat-lr", type=float, default=None,
+                   help="QAT peak learning rate, cosine decay (default 1e-4 for classifiers, 1e-3 for detectors)")
     q.add_argument("--fp16", action="store_true", help="also write fp16.onnx (GPU targets)")
     q.add_argument("--calib-data", metavar="PATH", help="folder of calibration images (default: the run's training split)")
     q.add_argument("--calib-size", type=int, default=512, help="calibration images (default 512)")

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -44,6 +44,10 @@ from trainer.data.augment import Normalizer, augment_batch, batch_generator
 from trainer.data.loader import make_loader
 
 MATCH_RTOL = 1e-3  # relative to the tensor's max |value|
+#: ops whose quantized output shares its input's scale and zero point in the QDQ graph (they move or
+#: pick values, never compute new ones): a quant point after one needs no fake quantizer of its own
+SAME_SCALE_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Gather",
+                            "MaxPool", "Identity", "Dropout"})
 
 
 @dataclass
@@ -57,6 +61,9 @@ class QatSettings:
     crop_padding: int = 4
     flip: bool = True
     seed: int = 0
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    #: calibrator for the starting activation ranges (any of quantize.calibrators.METHODS)
+    init_method: str = "minmax"
 
 
 @dataclass
@@ -117,7 +124,7 @@ class _Capture(fx.Interpreter):
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
         if isinstance(out, torch.Tensor):
-            self.values[n] = out.detach()
+            self.values[n] = out.detach().clone()  # a later in-place op (ReLU(inplace=True)) must not change it
         return out
 
 
@@ -189,21 +196,62 @@ def match_weights(gm: fx.GraphModule, pre_onnx: onnx.ModelProto) -> dict[str, tu
 
 
 # ----------------------------------------------------------------------------- training
-def _train(gm: fx.GraphModule, split, image_size, mean, std, s: QatSettings, device: torch.device,
+class QatTask:
+    """What QAT fine-tunes on: batches of normalised inputs with targets, and the task's loss.
+
+    The loop in :func:`_train` is the same for every task; a classifier and a detector differ only
+    in their batches, loss and the running figure they log.
+    """
+
+    steps_per_epoch: int = 1
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, Any]]:
+        """The epoch's batches as (normalised NCHW input on the task's device, target)."""
+        raise NotImplementedError
+
+    def loss(self, outputs: Any, target: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to minimise and figures to sum over the epoch (each weighted by batch size)."""
+        raise NotImplementedError
+
+    def summary(self, sums: dict[str, float], count: int) -> dict[str, float]:
+        return {k: v / max(1, count) for k, v in sums.items()}
+
+
+class ClassifierQatTask(QatTask):
+    """Cross-entropy on the run's training split with its crop/flip augmentation."""
+
+    def __init__(self, split, image_size, mean: Sequence[float], std: Sequence[float], settings: QatSettings,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.s, self.device = settings, device
+        self._loss = nn.CrossEntropyLoss()
+        self._loader = make_loader(split, batch_size=min(settings.batch_size, len(split)), train=True, device=device,
+                                   seed=settings.seed, image_size=tuple(image_size), num_workers=0)
+        self._normalizer = Normalizer(list(mean), list(std), device, channels_last=False)
+        self.steps_per_epoch = len(self._loader)
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, Any]]:
+        s = self.s
+        for batch, xb, yb in self._loader.iterate(epoch):
+            xb = augment_batch(xb, batch_generator(self.device, s.seed, epoch, batch), crop_padding=s.crop_padding,
+                               flip=s.flip, cutout_size=0)
+            yield self._normalizer(xb), yb
+
+    def loss(self, outputs: Any, target: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = self._loss(outputs, target)
+        return loss, {"loss": loss.item() * len(target), "train_top1": float((outputs.argmax(1) == target).sum()),
+                      "_n": len(target)}
+
+
+def _train(gm: fx.GraphModule, task: QatTask, s: QatSettings, device: torch.device,
            log: Callable[[str], None]) -> list[dict]:
-    loader = make_loader(split, batch_size=min(s.batch_size, len(split)), train=True, device=device, seed=s.seed,
-                         image_size=tuple(image_size), num_workers=0)
-    normalizer = Normalizer(list(mean), list(std), device, channels_last=False)
     decay, no_decay = [], []
     for p in gm.parameters():
         (decay if p.ndim > 1 else no_decay).append(p)
     opt = torch.optim.SGD([{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0}],
                           lr=s.lr, momentum=0.9, nesterov=True)
-    steps = max(1, len(loader) * s.epochs)
     freeze_bn = s.freeze_bn_epoch if s.freeze_bn_epoch is not None else max(0, s.epochs - 1)
     freeze_obs = s.freeze_observer_epoch if s.freeze_observer_epoch is not None else max(0, s.epochs - 1)
-    loss_fn = nn.CrossEntropyLoss()
-    history, step = [], 0
+    history, step, steps = [], 0, max(1, task.steps_per_epoch * s.epochs)
     gm.to(device)
     for epoch in range(s.epochs):
         gm.train()
@@ -212,37 +260,38 @@ def _train(gm: fx.GraphModule, split, image_size, mean, std, s: QatSettings, dev
                 m.bn_frozen = epoch >= freeze_bn
             elif isinstance(m, ActFakeQuant):
                 m.observe = epoch < freeze_obs
-        total, correct, loss_sum = 0, 0, 0.0
-        for batch, xb, yb in loader.iterate(epoch):
-            xb = augment_batch(xb, batch_generator(device, s.seed, epoch, batch), crop_padding=s.crop_padding,
-                               flip=s.flip, cutout_size=0)
+        sums: dict[str, float] = {}
+        count = 0
+        for xb, target in task.batches(epoch):
             for g in opt.param_groups:
-                g["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            logits = gm(normalizer(xb))
-            loss = loss_fn(logits, yb)
+                g["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+            loss, figures = task.loss(gm(xb), target)
             if not torch.isfinite(loss):
                 raise ExportError(f"QAT loss became {loss.item()} at epoch {epoch + 1}; try a lower --qat-lr "
                                   f"(now {s.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if s.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(gm.parameters(), s.grad_clip)
             opt.step()
             step += 1
-            total += len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
-            loss_sum += loss.item() * len(yb)
-        entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, total), "train_top1": correct / max(1, total)}
+            count += int(figures.pop("_n"))
+            for k, v in figures.items():
+                sums[k] = sums.get(k, 0.0) + v
+        entry = {"epoch": epoch + 1, **task.summary(sums, count)}
         history.append(entry)
-        log(f"QAT epoch {epoch + 1}/{s.epochs}: loss {entry['loss']:.4f}, train top-1 {entry['train_top1']:.2%}")
+        log(f"QAT epoch {epoch + 1}/{s.epochs}: " + ", ".join(
+            f"{k} {v:.2%}" if k.endswith("top1") else f"{k} {v:.4f}" for k, v in entry.items() if k != "epoch"))
     gm.eval()
     return history
 
 
 # ----------------------------------------------------------------------------- the whole flow
-def qat_to_qdq(model: nn.Module, fp32_path: str | Path, out_path: str | Path, *, train_split, image_size,
-               mean: Sequence[float], std: Sequence[float], feeds: Sequence[dict[str, np.ndarray]],
-               settings: QatSettings = QatSettings(), per_channel: bool = True,
+def qat_to_qdq(model: nn.Module, fp32_path: str | Path, out_path: str | Path, *, task: QatTask,
+               feeds: Sequence[dict[str, np.ndarray]], settings: QatSettings = QatSettings(), per_channel: bool = True,
                device: torch.device = torch.device("cpu"), log: Callable[[str], None] = print) -> QatResult:
-    """Fine-tune ``model`` (float, the weights behind ``fp32_path``) with fake quantization; write QDQ at ``out_path``."""
+    """Fine-tune ``model`` (float, the weights behind ``fp32_path``) with fake quantization on ``task``
+    (:class:`ClassifierQatTask`, :class:`quantize.qat_detection.DetectorQatTask`); write QDQ at ``out_path``."""
     if not per_channel:
         raise ExportError("QAT trains per-channel weights; drop --per-tensor or use PTQ for per-tensor models")
     t0 = time.perf_counter()
@@ -251,7 +300,7 @@ def qat_to_qdq(model: nn.Module, fp32_path: str | Path, out_path: str | Path, *,
         pre = onnx.load(str(preprocess_model(fp32_path, tmp / "pre.onnx")))
         ptq = quantize_int8(fp32_path, tmp / "ptq.onnx", feeds, method="minmax")
         points = [p[0] for p in quant_points(onnx.load(str(ptq.path)))]
-        calibrated = compute_ranges(tmp / "pre.onnx", feeds, "minmax")
+        calibrated = compute_ranges(tmp / "pre.onnx", feeds, settings.init_method)
         ranges = {k: tuple(float(np.asarray(v).reshape(-1)[0]) for v in td.range_value) for k, td in calibrated.data.items()}
 
         gm = fuse_for_qat(copy.deepcopy(model).float().cpu().eval())  # never train the caller's model
@@ -262,9 +311,10 @@ def qat_to_qdq(model: nn.Module, fp32_path: str | Path, out_path: str | Path, *,
             raise ExportError(f"QAT could match only {len(weights)} of {n_weighted} conv/FC weights of {fp32_path} to "
                               "the PyTorch model; is model.onnx exported from this checkpoint?")
         matched = insert_fake_quant(gm, pre, points, ranges, sample)
+        _check_all_matched(pre, points, matched, fp32_path)
         log(f"QAT: fake quantization at {len(matched)}/{len(points)} activations, {len(weights)} weighted layers")
 
-        history = _train(gm, train_split, image_size, mean, std, settings, device, log)
+        history = _train(gm, task, settings, device, log)
         gm.cpu()
 
         qat_fp32 = _write_folded_weights(pre, gm, weights, tmp / "qat_fp32.onnx", sample)
@@ -275,6 +325,18 @@ def qat_to_qdq(model: nn.Module, fp32_path: str | Path, out_path: str | Path, *,
                                calibration_images=sum(len(next(iter(f.values()))) for f in feeds))
     result.notes.append(f"QAT {settings.epochs} epoch(s), lr {settings.lr}")
     return QatResult(result, settings.epochs, time.perf_counter() - t0, len(matched), len(points), history, gm)
+
+
+def _check_all_matched(pre: onnx.ModelProto, points: Sequence[str], matched: dict[str, str], fp32_path) -> None:
+    """Every quantized activation that computes new values must be fake-quantized during training;
+    otherwise QAT would train a different function from the one it exports."""
+    producer = {out: node for node in pre.graph.node for out in node.output}
+    missing = [p for p in points if p not in matched and p in producer and producer[p].op_type not in SAME_SCALE_OPS]
+    if missing:
+        shown = ", ".join(f"{p} ({producer[p].op_type})" for p in missing[:8])
+        raise ExportError(f"QAT could not find {len(missing)} quantized activation(s) of {fp32_path} in the PyTorch "
+                          f"model: {shown}{' ...' if len(missing) > 8 else ''}; is model.onnx exported from this "
+                          "checkpoint? Use PTQ (--int8) otherwise")
 
 
 def _write_folded_weights(pre: onnx.ModelProto, gm: fx.GraphModule, weights: dict, path: Path,
@@ -296,14 +358,22 @@ def _write_folded_weights(pre: onnx.ModelProto, gm: fx.GraphModule, weights: dic
     # parity: the float ONNX with QAT weights must equal the QAT model with quantization switched off
     _set_quantization(gm, False)
     with torch.no_grad():
-        ref = gm(torch.from_numpy(sample)).numpy()
+        ref = _as_arrays(gm(torch.from_numpy(sample)))
     _set_quantization(gm, True)
     sess = _session(m.SerializeToString())
-    got = sess.run(None, {sess.get_inputs()[0].name: sample})[0]
-    if not _close(got, ref):
+    got = sess.run(None, {sess.get_inputs()[0].name: sample})
+    if len(got) != len(ref) or not all(_close(g, r) for g, r in zip(got, ref)):
+        diff = max((float(np.abs(g - r).max()) for g, r in zip(got, ref) if g.shape == r.shape), default=float("nan"))
         raise ExportError(f"QAT weights written into ONNX do not reproduce the PyTorch model "
-                          f"(max |diff| {np.abs(got - ref).max():.3g}); this is a bug, please report it")
+                          f"({len(got)} vs {len(ref)} outputs, max |diff| {diff:.3g}); this is a bug, please report it")
     return path
+
+
+def _as_arrays(outputs: Any) -> list[np.ndarray]:
+    """A model's output(s) — one tensor or a tuple (detector heads) — as numpy arrays."""
+    if isinstance(outputs, torch.Tensor):
+        return [outputs.numpy()]
+    return [o.numpy() for o in outputs]
 
 
 def _session(model: bytes) -> ort.InferenceSession:

@@ -119,8 +119,6 @@ def test_detector_int8_variant_gets_map_and_compiles_bit_exact(detector_run, tmp
     assert main(["eval", str(run), "--variant", "all", "--json"]) == 0
     entries = {e["variant"]: e for e in json.loads(capsys.readouterr().out)}
     assert {"fp32", "int8"} <= set(entries) and all(0 <= e["map50"] <= 1 for e in entries.values())
-    assert main(["quantize", str(run), "--qat"]) == 2
-    assert "fine-tunes classifiers" in capsys.readouterr().err
     imp = import_qdq_onnx(run / "variants" / "int8.onnx")
     assert len(imp.graph.outputs) > 1  # raw head outputs of several levels
     rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ from qmodels import MEAN, STD, SmallNet, add_outlier_channel, export, normalise,
 from quantize.calibration import batches_of
 from quantize.fake_quant import QatConvBn2d, act_scale_zero_point
 from quantize.ptq import quantize_int8
-from quantize.qat import QatSettings, fuse_for_qat, qat_to_qdq
+from quantize.qat import ClassifierQatTask, QatSettings, fuse_for_qat, qat_to_qdq
 from quantize.scheme import check_qdq_scheme
 
 
@@ -43,10 +43,10 @@ def test_qat_beats_ptq_on_outlier_activations_and_exports_what_it_trained(outlie
     fp32_top1 = _top1(c["fp32"], x, y)
     ptq = quantize_int8(c["fp32"], c["dir"] / "ptq.onnx", c["feeds"])
     ptq_top1 = _top1(ptq.path, x, y)
-    res = qat_to_qdq(copy.deepcopy(c["model"]), c["fp32"], c["dir"] / "qat.onnx", train_split=c["train"],
-                     image_size=(16, 16), mean=MEAN, std=STD, feeds=c["feeds"],
-                     settings=QatSettings(epochs=2, batch_size=32, lr=2e-4, crop_padding=0, flip=False),
-                     log=lambda _m: None)
+    settings = QatSettings(epochs=2, batch_size=32, lr=2e-4, crop_padding=0, flip=False)
+    task = ClassifierQatTask(c["train"], (16, 16), MEAN, STD, settings)
+    res = qat_to_qdq(copy.deepcopy(c["model"]), c["fp32"], c["dir"] / "qat.onnx", task=task, feeds=c["feeds"],
+                     settings=settings, log=lambda _m: None)
     qat_top1 = _top1(res.int8.path, x, y)
     assert fp32_top1 > 0.95
     assert ptq_top1 < fp32_top1 - 0.2, "the outlier channel should hurt per-tensor activation PTQ"

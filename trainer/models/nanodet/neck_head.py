@@ -27,6 +27,7 @@ class GhostModule(nn.Module):
         super().__init__()
         init = math.ceil(cout / 2)
         self.cout = cout
+        self.trim = 2 * init != cout  # decided here, not from shapes in forward, so torch.fx can trace it
         self.primary = ConvBNAct(cin, init, 1, act=act)
         self.cheap = ConvBNAct(init, init, dw_kernel, groups=init, act=act)
 
@@ -34,7 +35,7 @@ class GhostModule(nn.Module):
         x1 = self.primary(x)
         out = torch.cat([x1, self.cheap(x1)], dim=1)
         # Only odd widths need trimming; even widths export without a Slice.
-        return out if out.shape[1] == self.cout else out[:, : self.cout]
+        return out[:, : self.cout] if self.trim else out
 
 
 class GhostBottleneck(nn.Module):

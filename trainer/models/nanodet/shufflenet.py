@@ -42,10 +42,16 @@ def stage_channels(width_mult: float) -> list[int]:
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Interleave ``groups`` channel groups (reshape -> transpose -> reshape)."""
+    """Interleave ``groups`` channel groups (reshape -> transpose -> reshape).
+
+    Registered with ``torch.fx.wrap`` (below) so QAT's symbolic trace keeps it as one call instead of
+    failing on the concrete shape ints it needs."""
     c, h, w = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
     x = x.reshape(-1, groups, c // groups, h, w).transpose(1, 2)
     return x.reshape(-1, c, h, w)
+
+
+torch.fx.wrap("channel_shuffle")
 
 
 class ChannelSelect(nn.Module):

@@ -1,0 +1,88 @@
+"""Detector INT8 benchmark: FP32 vs PTQ (each calibrator) vs QAT, mAP@.5 and mAP on two splits.
+
+For a trained NanoDet-style run (e.g. nanodet-m 0.5x on the shared Raccoon images), writes the
+variants into the run's ``variants/`` with ``edgesmith quantize`` and scores each in onnxruntime
+with the float post-processing of ``edgesmith eval``, on
+
+* ``val``: the run's held-out carve (the number that counts; small on Raccoon, so noisy), and
+* ``train``: the images the model was trained and calibrated on (larger, so the INT8-vs-FP32 gap
+  is measured with less noise; QAT also fine-tunes on these, so it flatters QAT a little).
+
+Goal (issue #3): INT8 mAP@.5 within 1 pp of FP32.
+
+    python benchmarks/quantize_nanodet.py --run runs/nanodet-m05 --qat-epochs 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgesmith.detection import evaluate_detection_onnx  # noqa: E402
+from edgesmith.quantization import QuantizeRequest, quantize, variant_path  # noqa: E402
+
+METHODS = ("minmax", "percentile", "mse")
+SPLITS = ("val", "train")
+
+
+def make_variants(run: Path, calib_size: int, qat_epochs: int, qat_lr: float | None, qat_method: str,
+                  skip_existing: bool) -> tuple[list[str], dict[str, float]]:
+    variants = [(f"int8-{m}", dict(method=m)) for m in METHODS]
+    if qat_epochs:
+        variants.append(("int8-qat", dict(qat=True, int8=False, epochs=qat_epochs, qat_lr=qat_lr, method=qat_method)))
+    timings = {}
+    for name, kw in variants:
+        if skip_existing and (run / "variants" / f"{name}.onnx").exists():
+            continue
+        t = time.perf_counter()
+        quantize(QuantizeRequest(target=str(run), calib_size=calib_size, name=name, **kw), log=lambda _m: None)
+        timings[name] = time.perf_counter() - t
+        print(f"  {name} in {timings[name]:.0f} s", flush=True)
+    return ["fp32"] + [v for v, _ in variants], timings
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="a trained detector run directory")
+    ap.add_argument("--calib-size", type=int, default=128)
+    ap.add_argument("--qat-epochs", type=int, default=4, help="0 skips QAT")
+    ap.add_argument("--qat-lr", type=float, default=None, help="default: edgesmith's detector QAT rate")
+    ap.add_argument("--qat-method", default="percentile", help="calibrator for QAT's starting ranges")
+    ap.add_argument("--skip-existing", action="store_true", help="reuse variants already in the run")
+    ap.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    args = ap.parse_args()
+    run = Path(args.run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    model = manifest["config"]["model"]
+    print(f"{run}: {model['name']} x{model['width_mult']}", flush=True)
+    names, timings = make_variants(run, args.calib_size, args.qat_epochs, args.qat_lr, args.qat_method,
+                                   args.skip_existing)
+    rows = []
+    for name in names:
+        path = variant_path(run, name)
+        row = {"variant": name, "bytes": path.stat().st_size, "quantize_s": round(timings.get(name, 0.0), 1)}
+        for split in SPLITS:
+            m = evaluate_detection_onnx(run, path, split=split).metrics
+            row[split] = {"map50": m["map50"], "map": m["map"], "images": m["num_images"]}
+        rows.append(row)
+        print(f"  evaluated {name}", flush=True)
+    print()
+    head = "".join(f" {s + ' mAP@.5':>14} {'vs FP32':>9} {s + ' mAP':>10}" for s in SPLITS)
+    print(f"{'variant':<16}{head} {'KiB':>8} {'quantize s':>10}")
+    fp32 = rows[0]
+    for r in rows:
+        cells = "".join(f" {r[s]['map50']:14.4f} {(r[s]['map50'] - fp32[s]['map50']) * 100:+8.2f}pp {r[s]['map']:10.4f}"
+                        for s in SPLITS)
+        print(f"{r['variant']:<16}{cells} {r['bytes'] / 1024:8.1f} {r['quantize_s']:10.1f}")
+    print("images: " + ", ".join(f"{s} {fp32[s]['images']}" for s in SPLITS) + "; goal: INT8 mAP@.5 within 1 pp of FP32")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
