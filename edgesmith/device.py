@@ -6,7 +6,9 @@
   protocol (``targets.flasher``: hash read-back, trial boot, confirm), or a whole firmware image
   with the board's vendor tool (``targets.ports``). No ``--port``: auto-detect.
 * :func:`run` boots the firmware (QEMU for ``mps2-an500``, a pty for ``host``), flashes the run's
-  blob, runs one image on the device and compares the output with the reference interpreter.
+  blob, runs one image on the device and compares the output with the reference interpreter;
+  for a detector run (``postprocess.json``) the device also decodes and NMSes
+  (:mod:`edgesmith.device_detect`) and the detections are compared with postprocess_np's.
 
 :func:`add_parsers` and :data:`COMMANDS` are the argparse wiring for ``edgesmith/cli.py``.
 """
@@ -33,7 +35,11 @@ def _export_dir(target: str | Path, board: str, variant: str | None, log: Callab
 
     model_path, run_dir = resolve_model(target, variant)
     out = (run_dir / "targets" / board) if run_dir is not None else model_path.parent / f"{model_path.stem}-{board}"
-    if not (out / "c" / "model.h").is_file() or not (out / "weights.bin").is_file():
+    header = out / "c" / "model.h"
+    # a detector run's export must carry the post-processing (exports made before it did not)
+    stale = run_dir is not None and (run_dir / "postprocess.json").is_file() and (
+        not header.is_file() or "MODEL_DETECT " not in header.read_text())
+    if stale or not header.is_file() or not (out / "weights.bin").is_file():
         log(f"exporting {model_path} for {board} into {out}")
         export(str(target), board, variant=variant, out=str(out), log=log)
     return out, model_path
@@ -137,9 +143,11 @@ def _quantized_input(image_path: Path, run_dir: Path, graph: Any) -> np.ndarray:
 
 
 def run(run_dir: str | Path, board: str, input_path: str | Path, *, variant: str | None = None,
-        log: Callable[[str], None] = print) -> RunReport:
+        log: Callable[[str], None] = print):
     """Boot the firmware, flash the run's blob, infer one image; report the prediction and
-    whether the device's output equals the reference interpreter's."""
+    whether the device's output equals the reference interpreter's. A detector run returns a
+    :class:`edgesmith.device_detect.DetectRunReport` (detections and whether they equal the
+    reference), a classifier run a :class:`RunReport`."""
     from firmware_export.export import load_model  # noqa: PLC0415
     from edgesmith.manifest import load_manifest  # noqa: PLC0415
     from targets.flasher import flash_blob  # noqa: PLC0415
@@ -152,6 +160,10 @@ def run(run_dir: str | Path, board: str, input_path: str | Path, *, variant: str
     if not (run_dir / "manifest.json").is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no manifest.json)")
     export_dir, model_path = _export_dir(run_dir, board, variant, log)
+    from edgesmith.device_detect import is_detector_run, run_detector  # noqa: PLC0415
+
+    if is_detector_run(run_dir):
+        return run_detector(run_dir, board, Path(input_path), export_dir, model_path, variant, log=log)
     graph = load_model(model_path)
     x = _quantized_input(Path(input_path), run_dir, graph)
     image = build(run_dir, board, variant=variant, log=log)
@@ -194,7 +206,8 @@ def add_parsers(sub: Any) -> None:
     f.add_argument("--public-key", metavar="KEY.pem", help="--blob: check the blob's Ed25519 signature")
     f.add_argument("--require-signature", action="store_true", help="--blob: refuse unsigned blobs")
 
-    r = sub.add_parser("run", help="boot the firmware (QEMU), flash the run's blob, classify one image on it")
+    r = sub.add_parser("run", help="boot the firmware (QEMU), flash the run's blob, classify one image on it "
+                                   "(detector runs: detect objects in it)")
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.add_argument("--target", dest="board", default="mps2-an500", choices=RUN_BOARDS)
     r.add_argument("--input", required=True, metavar="IMAGE", help="an image file")

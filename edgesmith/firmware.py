@@ -57,7 +57,12 @@ def export(target: str, board_name: str, *, variant: str | None = None, formats:
     if board.runtime != "c" and "c" in fmts and formats is not None:
         log(f"note: {board.name} runs {board.runtime}; the C sources are written anyway")
     graph = load_model(model_path)
-    result = export_model(graph, out_dir, board, formats=fmts, weights_section=weights_section, signing_key=key)
+    # a detector run: the C model also decodes boxes and runs NMS on the device
+    postprocess = run_dir / "postprocess.json" if run_dir is not None else None
+    if postprocess is not None and not postprocess.is_file():
+        postprocess = None
+    result = export_model(graph, out_dir, board, formats=fmts, weights_section=weights_section, signing_key=key,
+                          postprocess=postprocess)
     if run_dir is not None:
         _record(run_dir, board.name, model_path, result)
     return result

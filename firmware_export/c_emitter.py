@@ -28,6 +28,10 @@ carries those of the model actually running, so an application reads them from t
 
 Float graph edges (a float32 input followed by QUANTIZE, a DEQUANTIZE producing a float32
 output) are stripped: the C model takes and returns int8.
+
+A detector exported with its post-processing parameters (``emit_c(..., detection=...)``) also
+gets the ``<PREFIX>_DETECT_*`` constants, a level table and ``es_detect.c`` (decode + NMS on the
+int8 outputs); see :mod:`firmware_export.c_detect`. Classifiers are emitted as before.
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ import numpy as np
 
 from edgesmith import __version__
 from edgesmith.errors import ExportError
+from firmware_export.c_detect import (DETECT_RUNTIME_FILES, DetectionSpec, detector_levels, header_lines,
+                                      load_postprocess, source_lines)
 from firmware_export.c_ops import LOWERINGS, OpContext, c_array, c_type
 from firmware_export.c_table import WeightTable, pack_signs, strip_float_edges, weight_table
 from firmware_export.intgraph import IntGraph, Tensor
@@ -84,7 +90,7 @@ def _io_defines(P: str, tag: str, tensors: list[Tensor]) -> list[str]:
 
 
 def _header(prefix: str, graph: IntGraph, hashes: tuple[str, str], plan: MemoryPlan, table: WeightTable,
-            weights_section: str | None) -> str:
+            weights_section: str | None, extra: list[str] = ()) -> str:
     P = prefix.upper()
     graph_hash, structure_hash = hashes
     ins = [graph.tensor(n) for n in graph.inputs]
@@ -121,7 +127,7 @@ def _header(prefix: str, graph: IntGraph, hashes: tuple[str, str], plan: MemoryP
         f"extern const uint32_t {prefix}_weight_bytes[];",
         "/* sha256 structure hash as 32 bytes, for es_blob_verify(). */",
         f"extern const uint8_t {prefix}_structure_hash[32];",
-        f"extern const es_model_desc {prefix}_desc;", "", f"#endif /* {P}_H */", ""]
+        f"extern const es_model_desc {prefix}_desc;", ""] + list(extra) + [f"#endif /* {P}_H */", ""]
     return "\n".join(lines)
 
 
@@ -142,7 +148,7 @@ def _weights(prefix: str, table: WeightTable, weights_section: str | None) -> tu
 
 
 def _source(prefix: str, graph: IntGraph, hashes: tuple[str, str], plan: MemoryPlan, table: WeightTable,
-            weights_section: str | None) -> str:
+            weights_section: str | None, extra: list[str] = ()) -> str:
     P = prefix.upper()
     graph_hash, structure_hash = hashes
     weight_index = {t.name: i for i, t in enumerate(table.entries[:table.constant_count])}
@@ -218,14 +224,19 @@ def _source(prefix: str, graph: IntGraph, hashes: tuple[str, str], plan: MemoryP
               f'    "{prefix}", {P}_GRAPH_HASH, {P}_ARENA_BYTES, {P}_NUM_INPUTS, {P}_NUM_OUTPUTS,',
               f"    {prefix}_input_bytes, {prefix}_output_bytes, {prefix}_invoke, {prefix}_invoke_multi,",
               f"    {P}_STRUCTURE_HASH, {P}_NUM_WEIGHTS, {prefix}_weight_bytes, {prefix}_invoke_table", "};", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + list(extra))
 
 
 def emit_c(graph: IntGraph, out_dir: str | Path, prefix: str = "model",
-           weights_section: str | None = None) -> list[Path]:
+           weights_section: str | None = None, detection: "DetectionSpec | dict | str | Path | None" = None
+           ) -> list[Path]:
     """Write ``<prefix>.h``, ``<prefix>.c``, ``<prefix>_memory.json`` and the runtime into ``out_dir``.
 
     ``weights_section``: put the weight arrays in that linker section (e.g. external flash).
+    ``detection``: the graph is a detector with these post-processing parameters (a
+    ``postprocess.json`` path, its dict or a :class:`~firmware_export.c_detect.DetectionSpec`):
+    the model files also carry the ``<PREFIX>_DETECT_*`` constants and config, and es_detect.c/.h
+    are copied (see :mod:`firmware_export.c_detect`). Classifiers leave it None.
     Returns the written paths. The folder compiles alone: ``cc -std=c99 *.c`` plus a ``main``.
     """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix or ""):
@@ -252,15 +263,22 @@ def emit_c(graph: IntGraph, out_dir: str | Path, prefix: str = "model",
     check_plan(g, plan)
     table = weight_table(g)
     plan.graph_hash = hashes[0]  # memory.json names the model as given, before edge stripping
+    head_extra, source_extra, runtime = [], [], runtime_sources()
+    if detection is not None:
+        spec = load_postprocess(detection)
+        levels = detector_levels(g, spec)
+        head_extra = header_lines(prefix, spec, levels)
+        source_extra = source_lines(prefix, spec, levels, table.io_index, len(g.inputs), len(g.outputs))
+        runtime = runtime + [RUNTIME_DIR / name for name in DETECT_RUNTIME_FILES]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     header = out / f"{prefix}.h"
-    header.write_text(_header(prefix, g, hashes, plan, table, weights_section))
+    header.write_text(_header(prefix, g, hashes, plan, table, weights_section, head_extra))
     source = out / f"{prefix}.c"
-    source.write_text(_source(prefix, g, hashes, plan, table, weights_section))
+    source.write_text(_source(prefix, g, hashes, plan, table, weights_section, source_extra))
     written += [header, source, plan.save(out / f"{prefix}_memory.json")]
-    for src in runtime_sources():
+    for src in runtime:
         dst = out / src.name
         shutil.copyfile(src, dst)
         written.append(dst)

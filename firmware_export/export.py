@@ -58,10 +58,11 @@ def _emit_tflite(graph: IntGraph, out: Path, **_: Any) -> list[Path]:
     return [path]
 
 
-def _emit_c(graph: IntGraph, out: Path, *, weights_section: str | None = None, **_: Any) -> list[Path]:
+def _emit_c(graph: IntGraph, out: Path, *, weights_section: str | None = None, detection: Any = None,
+            **_: Any) -> list[Path]:
     from firmware_export.c_emitter import emit_c  # noqa: PLC0415
 
-    return emit_c(graph, out / C_DIR, prefix=C_PREFIX, weights_section=weights_section)
+    return emit_c(graph, out / C_DIR, prefix=C_PREFIX, weights_section=weights_section, detection=detection)
 
 
 def _emit_blob(graph: IntGraph, out: Path, *, signing_key: Any = None, **_: Any) -> list[Path]:
@@ -123,8 +124,14 @@ def measure_code_bytes(c_dir: Path, compiler: str, flags: tuple[str, ...], weigh
 
 
 def export_model(graph: IntGraph, out_dir: str | Path, board: Any, *, formats: list[str] | None = None,
-                 weights_section: str | None = None, signing_key: Any = None) -> ExportResult:
-    """Write the requested formats for ``board`` into ``out_dir`` plus memory.json and fit.json."""
+                 weights_section: str | None = None, signing_key: Any = None,
+                 postprocess: Any = None) -> ExportResult:
+    """Write the requested formats for ``board`` into ``out_dir`` plus memory.json and fit.json.
+
+    ``postprocess``: a detector's post-processing (the run's ``postprocess.json`` path, or its
+    dict): the C sources then also decode boxes and run NMS on the device (es_detect.c) and
+    ``postprocess.json`` is copied into ``out_dir`` (see :mod:`firmware_export.c_detect`).
+    """
     from firmware_export.analysis import analyse  # noqa: PLC0415
     from firmware_export.c_emitter import strip_float_edges  # noqa: PLC0415
     from firmware_export.fit import fit_report  # noqa: PLC0415
@@ -134,8 +141,19 @@ def export_model(graph: IntGraph, out_dir: str | Path, board: Any, *, formats: l
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Path]] = {}
+    detection = None
+    if postprocess is not None:
+        from firmware_export.c_detect import detector_levels, load_postprocess  # noqa: PLC0415
+
+        detection = load_postprocess(postprocess)
+        detector_levels(strip_float_edges(graph), detection)  # a mismatch fails before any file is written
     for fmt in formats:
-        files[fmt] = EMITTERS[fmt](graph, out, weights_section=weights_section, signing_key=signing_key)
+        files[fmt] = EMITTERS[fmt](graph, out, weights_section=weights_section, signing_key=signing_key,
+                                   detection=detection)
+    if detection is not None:
+        spec_path = out / "postprocess.json"
+        spec_path.write_text(json.dumps(detection.to_dict(), indent=2))
+        files["postprocess"] = [spec_path]
     int_graph = strip_float_edges(graph)
     plan = plan_memory(int_graph)
     check_plan(int_graph, plan)

@@ -22,6 +22,7 @@ import dataclasses
 import enum
 import struct
 import time
+import typing
 import zlib
 from typing import Callable
 
@@ -45,7 +46,7 @@ COMMAND_ATTEMPTS = 5
 #: wait per try for commands the device answers at once
 RESPONSE_TIMEOUT_S = 0.5
 #: wait per try for commands that erase, hash or compute (simulated and emulated devices are slow)
-LONG_TIMEOUTS_S = {"ERASE": 10.0, "VERIFY": 10.0, "COMMIT": 15.0, "INFER": 60.0}
+LONG_TIMEOUTS_S = {"ERASE": 10.0, "VERIFY": 10.0, "COMMIT": 15.0, "INFER": 60.0, "DETECT": 60.0}
 #: seconds per byte assumed for socket:// links (QEMU's UART: ~1-10 KB/s), added to each wait
 SOCKET_BYTE_TIME_S = 1e-3
 
@@ -65,6 +66,8 @@ class Cmd(enum.IntEnum):
     READ = 0x0A
     INPUT = 0x0B
     OUTPUT = 0x0C
+    DETECT = 0x0D
+    DETECTIONS = 0x0E
 
 
 OK_FLAG = 0x80
@@ -137,9 +140,9 @@ class DeviceCommandError(DeviceError):
 # ---------------------------------------------------------------- frame codec
 
 
-@dataclasses.dataclass(frozen=True)
-class Frame:
-    """One decoded frame."""
+class Frame(typing.NamedTuple):
+    """One decoded frame (immutable; a named tuple because the flasher decodes one per WRITE
+    answer and a frozen dataclass costs twice as much to build)."""
 
     type: int
     seq: int
@@ -155,15 +158,24 @@ class DecodeFault:
     seq: int | None = None
 
 
+_FRAME_HEADER = struct.Struct("<BBH")  # type, seq, length (after SOF)
+_FRAME_CRC = struct.Struct("<I")
+
+
 def encode_frame(ftype: int, seq: int, payload: bytes = b"") -> bytes:
-    """One frame: SOF, type, seq, length, payload, CRC32 over type..payload."""
+    """One frame: SOF, type, seq, length, payload, CRC32 over type..payload.
+
+    ``payload`` may be any bytes-like object (a memoryview slice of a blob is not copied twice:
+    the flasher encodes ~100 of these per 100 KB, so each copy shows in the throughput)."""
     if not 0 <= ftype <= 0xFF or not 0 <= seq <= 0xFF:
         raise DeviceError(f"frame type {ftype} and seq {seq} must each fit in one byte (0..255)")
-    if len(payload) > MAX_PAYLOAD:
-        raise DeviceError(f"frame payload is {len(payload)} bytes; the protocol allows at most "
+    length = len(payload)
+    if length > MAX_PAYLOAD:
+        raise DeviceError(f"frame payload is {length} bytes; the protocol allows at most "
                           f"{MAX_PAYLOAD}: split it (WRITE/INPUT/OUTPUT take offsets)")
-    body = struct.pack("<BBH", ftype, seq, len(payload)) + bytes(payload)
-    return SOF + body + struct.pack("<I", zlib.crc32(body))
+    header = _FRAME_HEADER.pack(ftype, seq, length)
+    crc = zlib.crc32(payload, zlib.crc32(header))
+    return b"".join((SOF, header, payload, _FRAME_CRC.pack(crc)))
 
 
 class FrameDecoder:
@@ -196,6 +208,7 @@ class FrameDecoder:
         """Add received bytes (may be empty, to expire a stale partial frame); return events."""
         self._buf += data
         events: list[Frame | DecodeFault] = []
+        now = self._clock()  # once per call: a call decodes what one read brought (µs apart)
         while True:
             start = self._buf.find(SOF)
             if start < 0:
@@ -208,14 +221,13 @@ class FrameDecoder:
             if start:
                 del self._buf[:start]
                 self._started = None
-            now = self._clock()
             if self._started is None:
                 self._started = now
             if len(self._buf) < HEADER_SIZE:
                 if self._expired(now, events, None, None):
                     continue
                 return events
-            ftype, seq, length = struct.unpack_from("<BBH", self._buf, 2)
+            ftype, seq, length = _FRAME_HEADER.unpack_from(self._buf, 2)
             if length > self.max_payload:
                 events.append(DecodeFault(NakReason.TOO_LONG, ftype, seq))
                 self._drop_candidate()
@@ -225,7 +237,7 @@ class FrameDecoder:
                 if self._expired(now, events, ftype, seq):
                     continue
                 return events
-            (crc,) = struct.unpack_from("<I", self._buf, HEADER_SIZE + length)
+            (crc,) = _FRAME_CRC.unpack_from(self._buf, HEADER_SIZE + length)
             if crc != zlib.crc32(self._buf[2:HEADER_SIZE + length]):
                 events.append(DecodeFault(NakReason.BAD_CRC, ftype, seq))
                 self._drop_candidate()
@@ -325,6 +337,63 @@ class Stats:
 
     def pack(self) -> bytes:
         return self._FMT.pack(*dataclasses.astuple(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """One detection as the device reports it: xyxy box in model-input pixels, score, class index."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    label: int
+
+    _FMT = struct.Struct("<5fHH")
+    SIZE = _FMT.size
+
+    @classmethod
+    def unpack_many(cls, payload: bytes) -> list["Detection"]:
+        """Records back to back (DETECT's inline part, a DETECTIONS answer)."""
+        if len(payload) % cls.SIZE:
+            raise DeviceError(f"detection records are {cls.SIZE} bytes each; got {len(payload)} bytes")
+        out = []
+        for off in range(0, len(payload), cls.SIZE):
+            x1, y1, x2, y2, score, label, _reserved = cls._FMT.unpack_from(payload, off)
+            out.append(cls(x1, y1, x2, y2, score, label))
+        return out
+
+    def pack(self) -> bytes:
+        return self._FMT.pack(self.x1, self.y1, self.x2, self.y2, self.score, self.label, 0)
+
+
+#: DETECT OK header: network cycles u32, post-processing cycles u32, count u16, inline count u16
+DETECT_HEADER = struct.Struct("<IIHH")
+#: detections carried in a DETECT answer; the rest come with DETECTIONS
+MAX_INLINE_DETECTIONS = (MAX_PAYLOAD - DETECT_HEADER.size) // Detection.SIZE
+#: most records in one DETECTIONS answer
+MAX_DETECTIONS_PER_FRAME = MAX_PAYLOAD // Detection.SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectAnswer:
+    """A DETECT answer: cycle counts, how many detections the device found, the inline ones."""
+
+    network_cycles: int
+    postprocess_cycles: int
+    count: int
+    detections: list[Detection]
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "DetectAnswer":
+        if len(payload) < DETECT_HEADER.size:
+            raise DeviceError(f"DETECT answer is {len(payload)} bytes, shorter than its {DETECT_HEADER.size}-byte header")
+        net, post, count, n = DETECT_HEADER.unpack_from(payload)
+        records = Detection.unpack_many(payload[DETECT_HEADER.size:])
+        if len(records) != n or n > count:
+            raise DeviceError(f"DETECT answer says {n} inline of {count} detections but carries {len(records)}")
+        return cls(net, post, count, records)
 
 
 def _cstr(raw: bytes) -> str:

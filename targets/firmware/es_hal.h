@@ -21,6 +21,11 @@ void hal_init(void);
 /* Wait up to timeout_ms for one received byte: 1 and *byte set, or 0 on timeout. */
 int hal_uart_read(uint8_t *byte, uint32_t timeout_ms);
 
+/* Read len bytes into buf, each within timeout_ms of the one before (the first within
+ * timeout_ms of the call); returns how many came (less than len after such a gap). Optional: a
+ * board without its own gets es_proto.c's default, hal_uart_read byte by byte (a weak symbol). */
+uint32_t hal_uart_read_bytes(uint8_t *buf, uint32_t len, uint32_t timeout_ms);
+
 /* Send bytes (blocking until queued to the wire). */
 void hal_uart_write(const uint8_t *data, uint32_t len);
 

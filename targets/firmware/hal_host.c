@@ -10,6 +10,11 @@
  * 0xFF, program ANDs bits in. --slot-size N picks the size of each slot (file = 2 sectors for
  * the boot records + 2 slots). Without --flash an anonymous mapping is used.
  *
+ * Link I/O: reads take up to 4 KiB per system call. Answers are held in a buffer only while
+ * received bytes are still waiting to be processed, and go out in one write before the app
+ * waits for input, before a flash erase, a reset or a power cut: pipelined WRITEs on a pty then
+ * cost one write (and one wake-up of the host) per burst instead of one per frame.
+ *
  * Power cut: --power-cut-at N makes the N-th flash operation (erase or program, 1-based,
  * counted from process start) tear (only its first half is applied) and the process then exits
  * with status 75 (--power-cut-action exit, the default) or restarts the app in-process
@@ -53,6 +58,8 @@ static struct {
     int verbose;
     uint8_t rx_buf[4096]; /* bytes read from the link but not consumed yet */
     uint32_t rx_len, rx_pos;
+    uint8_t tx_buf[8192]; /* answers held while more received bytes wait (see tx_flush) */
+    uint32_t tx_len;
     struct timespec t0;
     jmp_buf reset;
 } H;
@@ -106,8 +113,31 @@ static void tcp_accept(void)
     H.rx_fd = H.tx_fd = fd;
 }
 
+static void write_all(const uint8_t *data, uint32_t len)
+{
+    while (len > 0 && H.tx_fd >= 0) {
+        ssize_t n = write(H.tx_fd, data, len);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN) {
+                continue;
+            }
+            return; /* the reader went away; the host will retry */
+        }
+        data += n;
+        len -= (uint32_t)n;
+    }
+}
+
+/* Send the held answers (see the file comment for when). */
+static void tx_flush(void)
+{
+    write_all(H.tx_buf, H.tx_len);
+    H.tx_len = 0;
+}
+
 static void link_lost(void)
 {
+    H.tx_len = 0; /* answers for a client that is gone */
     if (H.listen_fd >= 0) { /* TCP: wait for the next client, like a UART that stays */
         close(H.rx_fd);
         H.rx_fd = H.tx_fd = -1;
@@ -129,6 +159,7 @@ int hal_uart_read(uint8_t *byte, uint32_t timeout_ms)
         *byte = H.rx_buf[H.rx_pos++];
         return 1;
     }
+    tx_flush(); /* nothing left to process: the host gets its answers before we wait */
     if (H.rx_fd < 0) {
         tcp_accept();
     }
@@ -151,19 +182,40 @@ int hal_uart_read(uint8_t *byte, uint32_t timeout_ms)
     return 0;
 }
 
+/* Copies what the receive buffer holds instead of one call per byte (a 1 KiB WRITE payload). */
+uint32_t hal_uart_read_bytes(uint8_t *buf, uint32_t len, uint32_t timeout_ms)
+{
+    uint32_t got = 0;
+    while (got < len) {
+        uint32_t n = H.rx_len - H.rx_pos;
+        if (n == 0u) {
+            if (!hal_uart_read(&buf[got], timeout_ms)) { /* waits, then refills the buffer */
+                break;
+            }
+            ++got;
+            continue;
+        }
+        if (n > len - got) {
+            n = len - got;
+        }
+        memcpy(buf + got, H.rx_buf + H.rx_pos, n);
+        H.rx_pos += n;
+        got += n;
+    }
+    return got;
+}
+
 void hal_uart_write(const uint8_t *data, uint32_t len)
 {
-    while (len > 0 && H.tx_fd >= 0) {
-        ssize_t n = write(H.tx_fd, data, len);
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN) {
-                continue;
-            }
-            return; /* the reader went away; the host will retry */
-        }
-        data += n;
-        len -= (uint32_t)n;
+    if (len > sizeof(H.tx_buf) - H.tx_len) {
+        tx_flush();
     }
+    if (len > sizeof(H.tx_buf)) {
+        write_all(data, len);
+        return;
+    }
+    memcpy(H.tx_buf + H.tx_len, data, len);
+    H.tx_len += len;
 }
 
 static void open_pty(const char *link_path)
@@ -256,6 +308,7 @@ static void power_cut(const char *what, uint32_t offset, uint32_t len)
     fprintf(stderr, "edgesmith-fw-host: POWER CUT during flash op %u (%s offset %u length %u)\n",
             H.ops, what, offset, len);
     msync(H.flash, H.flash_size, MS_SYNC);
+    tx_flush(); /* answers to earlier commands were on the wire before the cut */
     if (H.cut_resets) {
         H.cut_at = 0;
         longjmp(H.reset, 1);
@@ -270,6 +323,7 @@ int hal_flash_erase(uint32_t offset, uint32_t len)
         len > H.flash_size - offset) {
         return -1;
     }
+    tx_flush(); /* an erase takes long on real flash: do not hold answers behind it */
     cut = power_fails_now();
     if (H.verbose) {
         fprintf(stderr, "flash op %u: erase %u +%u\n", H.ops, offset, len);
@@ -351,6 +405,7 @@ void hal_init(void)
 
 void hal_reset(void)
 {
+    tx_flush(); /* the REBOOT answer goes out before the restart */
     longjmp(H.reset, 1);
 }
 
