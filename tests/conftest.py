@@ -78,6 +78,43 @@ def pristine_run(tmp_path_factory):
     mp.undo()
 
 
+def train_tiny_detector(root: Path, *, model: str = "nanodet-mcu", n: int = 6, seed: int = 3) -> tuple[Path, Path]:
+    """A detector run trained 2 epochs on ``n`` synthetic VOC images at 64x64: (data dir, run dir)."""
+    import torch
+
+    from edgesmith.cli import main
+    from trainer.detection.synthetic import write_synthetic_voc
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core machine: one thread is much faster than two
+    try:
+        data = write_synthetic_voc(root / "voc", n=n, size=96, seed=seed)
+        run = root / "run"
+        rc = main(["train", "--model", model, "--width-mult", "0.5", "--data", str(data), "--epochs", "2",
+                   "--batch-size", "4", "--device", "cpu", "--out", str(run), "--no-progress",
+                   "--set", "data.image_size=[64,64]", "--set", "data.num_workers=0", "--set", "optim.name=adamw",
+                   "--set", "optim.lr=0.003", "--set", "detection.score_thr=0.0"])
+    finally:
+        torch.set_num_threads(before)
+    assert rc == 0
+    return data, run
+
+
+@pytest.fixture(scope="session")
+def pristine_detector_run(tmp_path_factory):
+    """A tiny nanodet-mcu run (data dir, run dir) shared by the detector tests: copy it before changing it."""
+    return train_tiny_detector(tmp_path_factory.mktemp("pristine_det"))
+
+
+def copy_detector_run(pristine: tuple[Path, Path], dest: Path) -> tuple[Path, Path]:
+    """(data dir, a fresh copy of the run under ``dest``)."""
+    import shutil
+
+    data, run = pristine
+    shutil.copytree(run, dest / "run")
+    return data, dest / "run"
+
+
 @pytest.fixture(scope="module")
 def run(pristine_run, tmp_path_factory):
     """This test module's own copy of the tiny trained run."""

@@ -9,26 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import copy_detector_run
 from edgesmith.cli import main
 from trainer.checkpoint import save_checkpoint
-from trainer.detection.synthetic import write_synthetic_voc
 from trainer.models import build_model
 
 
 @pytest.fixture(scope="module")
-def detector_run(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy 2-core machine: one thread is much faster than two
-    root = tmp_path_factory.mktemp("det")
-    data = write_synthetic_voc(root / "voc", n=6, size=96, seed=3)
-    run = root / "run"
-    rc = main(["train", "--model", "nanodet-mcu", "--width-mult", "0.5", "--data", str(data), "--epochs", "2",
-               "--batch-size", "4", "--device", "cpu", "--out", str(run), "--no-progress",
-               "--set", "data.image_size=[64,64]", "--set", "data.num_workers=0", "--set", "optim.name=adamw",
-               "--set", "optim.lr=0.003", "--set", "detection.score_thr=0.0"])
-    torch.set_num_threads(before)
-    assert rc == 0
-    return data, run
+def detector_run(pristine_detector_run, tmp_path_factory):
+    return copy_detector_run(pristine_detector_run, tmp_path_factory.mktemp("det"))
 
 
 def test_train_writes_detector_run_directory(detector_run, capsys):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from conftest import train_tiny_detector
 from edgesmith.cli import main
 from edgesmith.errors import ExportError
 from quantize.fake_quant import QatConvBn2d
@@ -18,24 +19,13 @@ from quantize.qat import QatSettings, _check_all_matched, fuse_for_qat, qat_to_q
 from quantize.qat_detection import DetectorQatTask
 from quantize.scheme import check_qdq_scheme
 from trainer.checkpoint import load_checkpoint
-from trainer.detection.synthetic import write_synthetic_voc
 from trainer.models import build_model
 
 
 @pytest.fixture(scope="module")
 def det_run(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy 2-core machine: one thread is much faster than two
-    root = tmp_path_factory.mktemp("qatdet")
-    data = write_synthetic_voc(root / "voc", n=8, size=96, seed=5)
-    run = root / "run"
-    rc = main(["train", "--model", "nanodet-m", "--width-mult", "0.5", "--data", str(data), "--epochs", "2",
-               "--batch-size", "4", "--device", "cpu", "--out", str(run), "--no-progress",
-               "--set", "data.image_size=[64,64]", "--set", "data.num_workers=0", "--set", "optim.name=adamw",
-               "--set", "optim.lr=0.003", "--set", "detection.score_thr=0.0"])
-    torch.set_num_threads(before)
-    assert rc == 0
-    return run
+    """nanodet-m: Ghost-PAN and ShuffleNetV2 with in-place LeakyReLU, the shapes QAT must handle."""
+    return train_tiny_detector(tmp_path_factory.mktemp("qatdet"), model="nanodet-m", n=8, seed=5)[1]
 
 
 def _feeds(run, n=8):

@@ -10,32 +10,19 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from tg_device_env import have_gcc
 
+from conftest import copy_detector_run
 from edgesmith.cli import main
-from trainer.detection.synthetic import write_synthetic_voc
 
 pytestmark = pytest.mark.skipif(not have_gcc(), reason="gcc is not installed: no host firmware")
 
 
 @pytest.fixture(scope="module")
-def detector_run(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy 2-core machine: one thread is much faster than two
-    try:
-        root = tmp_path_factory.mktemp("det_run")
-        data = write_synthetic_voc(root / "voc", n=6, size=96, seed=3)
-        run = root / "run"
-        rc = main(["train", "--model", "nanodet-mcu", "--width-mult", "0.5", "--data", str(data), "--epochs", "2",
-                   "--batch-size", "4", "--device", "cpu", "--out", str(run), "--no-progress",
-                   "--set", "data.image_size=[64,64]", "--set", "data.num_workers=0", "--set", "optim.name=adamw",
-                   "--set", "optim.lr=0.003", "--set", "detection.score_thr=0.0"])
-        assert rc == 0
-        assert main(["quantize", str(run), "--calib-size", "6"]) == 0
-    finally:
-        torch.set_num_threads(before)
+def detector_run(pristine_detector_run, tmp_path_factory):
+    data, run = copy_detector_run(pristine_detector_run, tmp_path_factory.mktemp("det_run"))
+    assert main(["quantize", str(run), "--calib-size", "6"]) == 0
     return data, run
 
 
