@@ -46,16 +46,17 @@ def _export_dir(target: str | Path, board: str, variant: str | None, log: Callab
 
 
 def build(target: str | Path, board: str, *, variant: str | None = None, out: str | Path | None = None,
-          log: Callable[[str], None] = print):
-    """Compile the firmware for ``board``; returns ``targets.build.FirmwareImage``."""
+          public_key: str | Path | None = None, log: Callable[[str], None] = print):
+    """Compile the firmware for ``board``; returns ``targets.build.FirmwareImage``. With
+    ``public_key`` (KEY.pem) the firmware runs only blobs signed by the matching private key."""
     from targets.boards import get_board  # noqa: PLC0415
     from targets.build import build_firmware  # noqa: PLC0415
 
     profile = get_board(board)
     export_dir, _ = _export_dir(target, profile.name, variant, log)
     out_dir = Path(out) if out else export_dir / "firmware"
-    image = build_firmware(export_dir, profile.name, out_dir)
-    log(f"firmware {image.elf}")
+    image = build_firmware(export_dir, profile.name, out_dir, public_key=public_key)
+    log(f"firmware {image.elf}" + (f" (requires blobs signed for {public_key})" if public_key else ""))
     if image.image:
         log(f"image    {image.image}")
     limits = (f" of {image.flash_limit_bytes} / {image.ram_limit_bytes}"
@@ -194,6 +195,8 @@ def add_parsers(sub: Any) -> None:
     b.add_argument("--target", dest="board", required=True, metavar="BOARD", help="board name (see: edgesmith boards)")
     b.add_argument("--variant", help="run directories: which variants/NAME.onnx (default int8)")
     b.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/targets/BOARD/firmware)")
+    b.add_argument("--public-key", metavar="KEY.pem",
+                   help="compile this Ed25519 public key in: the firmware then runs only blobs signed with its private key")
 
     f = sub.add_parser("flash", help="write a weight blob into the device's A/B slot, or a firmware image")
     f.add_argument("--port", metavar="URL", help="/dev/ttyUSB0, a pty, socket://HOST:PORT (default: auto-detect)")
@@ -215,7 +218,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    build(args.target, args.board, variant=args.variant, out=args.out)
+    build(args.target, args.board, variant=args.variant, out=args.out, public_key=args.public_key)
     return 0
 
 

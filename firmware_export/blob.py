@@ -48,9 +48,15 @@ is used. Everything is little-endian. Layout (format version 2)::
     P+S+4   64    optional Ed25519 signature over every byte before it (flag bit 0)
 
 So ``total = P + S + 4 (+ 64 when signed)``; a blob with any other length is refused.
-The device checks CRCs and the structure hash but not the signature: the flasher and the edge
-agent verify signatures before writing a slot (Ed25519 needs more code than a small MCU
-should carry). ``es_blob_fill_table()`` then points the model's table into the blob.
+
+**What is signed** (the one definition; the writer, :func:`parse_blob`, the flasher and the
+firmware all use it): the Ed25519 (RFC 8032, PureEdDSA) signature is over the bytes
+``blob[0 : total - 64]``, i.e. header, table, padding, payload and the CRC32, and it sits in the
+last 64 bytes. The device always checks CRCs and the structure hash; firmware built with a
+public key (``edgesmith build --public-key``, ``targets/firmware/es_ed25519.c``) also checks the
+signature at COMMIT and at boot and refuses unsigned blobs; without one, the flasher and the edge
+agent verify signatures before writing a slot. ``es_blob_fill_table()`` then points the model's
+table into the blob.
 
 Every malformed input raises :class:`ExportError` naming the field, expected vs actual.
 The parser checks every header field against the input length before it allocates anything,

@@ -13,6 +13,10 @@ Boards (one entry each in ``BUILDERS``; see :mod:`targets.fw_boards` for the MCU
   TCP, with a simulated flash file and power-cut injection (``targets/firmware/hal_host.c``).
 * ``mps2-an500``, ``stm32h747``, ``gd32vf103``, ``gd32vf103-qemu`` (sifive_e memory map),
   ``esp32s3`` (an ESP-IDF component + example app, not compiled here).
+
+``public_key`` (an Ed25519 public key: PEM or 32-byte raw file, ``cryptography`` object or 32
+raw bytes) compiles the key into the firmware as ``ES_BLOB_PUBLIC_KEY``; that firmware then
+runs only weight blobs signed with the matching private key (``targets/firmware/es_app.c``).
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from edgesmith.errors import ConfigError, ExportError
 FIRMWARE_DIR = Path(__file__).resolve().parent / "firmware"
 #: the board-independent app sources
 APP_SOURCES = ("es_app.c", "es_proto.c", "es_reply.c", "es_slots.c", "es_sha256.c")
+#: added to the app when a public key is compiled in (the Ed25519 verifier)
+SIGNATURE_SOURCES = ("es_ed25519.c", "es_sha512.c")
 #: warnings are errors in the app (small enough to keep clean on every compiler); the model and
 #: runtime from the export get the same warnings without -Werror (a warning there must not
 #: stop a user's build)
@@ -124,20 +130,46 @@ def elf_sizes(size_tool: str, elf: Path) -> dict[str, int]:
     return sizes
 
 
+def public_key_defines(public_key: Any) -> tuple[str, ...]:
+    """The compiler define that builds ``public_key`` into the firmware (``()`` for None):
+    ``ES_BLOB_PUBLIC_KEY={0x..,...}``, the key's 32 raw bytes as a C initializer."""
+    if public_key is None:
+        return ()
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    from firmware_export.blob_keys import _public_key, load_public_key  # noqa: PLC0415
+
+    key = load_public_key(public_key) if isinstance(public_key, (str, Path)) else _public_key(public_key)
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return ("ES_BLOB_PUBLIC_KEY={" + ",".join(f"0x{b:02x}" for b in raw) + "}",)
+
+
+def app_sources(defines: tuple[str, ...] = ()) -> list[Path]:
+    """The board-independent app sources for a build with these extra defines: the verifier
+    too when the public key is one of them."""
+    names = list(APP_SOURCES)
+    if any(d.startswith("ES_BLOB_PUBLIC_KEY=") for d in defines):
+        names += SIGNATURE_SOURCES
+    return [FIRMWARE_DIR / n for n in names]
+
+
 # --------------------------------------------------------------------------- host
 
-def build_host(export_dir: Path, out_dir: Path, *, sanitize: bool = False) -> FirmwareImage:
-    """The native firmware (``edgesmith-fw-host``); ``sanitize`` adds ASan/UBSan for tests."""
+def build_host(export_dir: Path, out_dir: Path, *, sanitize: bool = False,
+               defines: tuple[str, ...] = ()) -> FirmwareImage:
+    """The native firmware (``edgesmith-fw-host``); ``sanitize`` adds ASan/UBSan for tests;
+    ``defines`` are extra ``-D`` values (e.g. :func:`public_key_defines`)."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise ExportError("no C compiler (gcc or cc) on PATH; install gcc to build the host firmware")
     c_dir = _model_dir(export_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     exe = out_dir / HOST_EXE
-    app = [FIRMWARE_DIR / s for s in APP_SOURCES] + [FIRMWARE_DIR / "hal_host.c"]
+    app = app_sources(defines) + [FIRMWARE_DIR / "hal_host.c"]
     flags = ["-O2", "-g"]
     if sanitize:
         flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    flags += [f"-D{d}" for d in defines]
     compile_and_link(cc, app, model_sources(export_dir), [*flags, "-I", str(FIRMWARE_DIR), "-I", str(c_dir)],
                      [], exe, "host firmware build")
     sections = {}
@@ -155,7 +187,7 @@ def build_host(export_dir: Path, out_dir: Path, *, sanitize: bool = False) -> Fi
 def _builders() -> dict[str, Any]:
     from targets import fw_boards  # noqa: PLC0415  (MCU builders; kept in their own module)
 
-    return {"host": lambda e, o: build_host(e, o), **fw_boards.BUILDERS}
+    return {"host": lambda e, o, defines: build_host(e, o, defines=defines), **fw_boards.BUILDERS}
 
 
 def firmware_boards() -> list[str]:
@@ -163,16 +195,19 @@ def firmware_boards() -> list[str]:
     return sorted(_builders())
 
 
-def build_firmware(export_dir: str | Path, board: Any, out_dir: str | Path) -> FirmwareImage:
+def build_firmware(export_dir: str | Path, board: Any, out_dir: str | Path, *,
+                   public_key: Any = None) -> FirmwareImage:
     """Compile the firmware app + the exported model for ``board`` (name or BoardProfile) into
-    ``out_dir`` and check its size; raises ExportError (with the fit report) when it does not fit."""
+    ``out_dir`` and check its size; raises ExportError (with the fit report) when it does not fit.
+    With ``public_key`` the firmware requires blobs signed by its private key (module docstring)."""
     name = board if isinstance(board, str) else getattr(board, "name", None)
     builders = _builders()
     key = str(name).strip().lower()
     if key not in builders:
         raise ConfigError(f"no firmware build for board {name!r}; choose from: {', '.join(sorted(builders))}")
     # absolute paths: the compiler runs inside out_dir/obj, where relative -I paths would not resolve
-    return builders[key](Path(export_dir).resolve(), Path(out_dir).resolve())
+    defines = public_key_defines(public_key)
+    return builders[key](Path(export_dir).resolve(), Path(out_dir).resolve(), defines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("export_dir")
     parser.add_argument("--board", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--public-key", metavar="KEY.pem", help="require blobs signed by this key's private key")
     args = parser.parse_args(argv)
-    image = build_firmware(args.export_dir, args.board, args.out)
+    image = build_firmware(args.export_dir, args.board, args.out, public_key=args.public_key)
     print(json.dumps(image.to_dict(), indent=2))
     return 0
 
@@ -193,5 +229,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["FirmwareImage", "HOST_EXE", "HOST_POWER_CUT_EXIT", "build_firmware", "build_host",
-           "firmware_boards", "fit_summary"]
+__all__ = ["FirmwareImage", "HOST_EXE", "HOST_POWER_CUT_EXIT", "SIGNATURE_SOURCES", "app_sources",
+           "build_firmware", "build_host", "firmware_boards", "fit_summary", "public_key_defines"]

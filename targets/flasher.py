@@ -3,7 +3,8 @@
 The workflow (protocol.md, "Slots and updates"), one step per function below:
 
 1. check the blob on the host: CRCs, and the Ed25519 signature when a public key is given (the
-   firmware checks CRCs and the structure hash, not signatures);
+   firmware checks CRCs and the structure hash, and the signature too when it was built with a
+   release key: INFO's ``signature_required``);
 2. INFO: the device's structure hash must be the blob's; pick the slot that is not active;
 3. resume or ERASE: a slot left WRITING by an earlier, interrupted flash whose bytes below the
    device's next expected offset hash (VERIFY) to the same prefix of this blob is continued;
@@ -136,8 +137,8 @@ class _Session:
         return self.device
 
 
-def check_blob(blob: bytes, public_key: Any = None, require_signature: bool = False) -> str:
-    """Verify the blob on the host (CRCs, signature); return its structure hash (hex)."""
+def check_blob(blob: bytes, public_key: Any = None, require_signature: bool = False) -> Any:
+    """Verify the blob on the host (CRCs, signature); return the parsed :class:`firmware_export.blob.Blob`."""
     from edgesmith.errors import ExportError  # noqa: PLC0415
     from firmware_export.blob import parse_blob  # noqa: PLC0415
 
@@ -145,7 +146,7 @@ def check_blob(blob: bytes, public_key: Any = None, require_signature: bool = Fa
         parsed = parse_blob(blob, public_key=public_key, require_signature=require_signature)
     except ExportError as e:
         raise FlashError(f"refusing to flash: {e}") from None
-    return parsed.structure_hash
+    return parsed
 
 
 def flash_blob(connect: Callable[[int | None], Device] | str, blob: bytes, *, baud: int = 115200,
@@ -170,14 +171,19 @@ def flash_blob(connect: Callable[[int | None], Device] | str, blob: bytes, *, ba
     blob = bytes(blob)
     if not blob:
         raise FlashError("the blob is empty; pass the weights.bin that edgesmith export wrote")
-    structure = check_blob(blob, public_key, require_signature) if host_checks else None
-    if public_key is None and host_checks:
-        log("note: no public key given, so the blob's signature (if any) is not checked; the device "
-            "checks CRCs and the structure hash only")
+    parsed = check_blob(blob, public_key, require_signature) if host_checks else None
+    structure = parsed.structure_hash if parsed is not None else None
     digest = hashlib.sha256(blob).digest()
     session = _Session(connect, log)
     try:
         info = session.read_step("INFO", Device.info)
+        if info.signature_required and parsed is not None and not parsed.signed:
+            raise FlashError("the device runs only blobs signed with its release key and this blob is unsigned; "
+                             "export it with --sign-key (the key pair of the firmware's --public-key)")
+        if public_key is None and host_checks:
+            log("note: no public key given, so the host does not check the blob's signature; the device "
+                + ("verifies it (built with a release key)" if info.signature_required
+                   else "checks CRCs and the structure hash only"))
         if _is_trial_of(session, info, blob, digest):
             # an earlier flash of this blob was cut after its trial boot: finish it
             slot = info.active_slot

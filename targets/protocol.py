@@ -285,9 +285,13 @@ class DeviceInfo:
     output_bytes: int
     slot_size: int
     slots: tuple[SlotInfo, SlotInfo]
+    #: device flags (slot 0's first reserved byte, protocol.md Clarifications); bit 0: the firmware
+    #: was built with a release key and runs only blobs signed by it
+    flags: int = 0
 
     _HEAD = struct.Struct("<B16s16sHB32sIII")
-    _SLOT = struct.Struct("<B3xII32s")
+    _SLOT = struct.Struct("<BB2xII32s")
+    FLAG_SIGNATURE_REQUIRED = 0x01
     SIZE = _HEAD.size + 2 * _SLOT.size
 
     @classmethod
@@ -297,20 +301,27 @@ class DeviceInfo:
             raise DeviceError(f"INFO answer is {len(payload)} bytes, protocol v{PROTOCOL_VERSION} "
                               f"says {cls.SIZE}: firmware and host speak different protocol versions")
         ver, fw, board, maxp, active, shash, nin, nout, slot_size = cls._HEAD.unpack_from(payload)
-        slots = []
+        slots, flags = [], 0
         for i in range(2):
-            state, nxt, length, ghash = cls._SLOT.unpack_from(payload, cls._HEAD.size + i * cls._SLOT.size)
+            state, reserved, nxt, length, ghash = cls._SLOT.unpack_from(payload, cls._HEAD.size + i * cls._SLOT.size)
             state = SlotState(state) if state in SlotState._value2member_map_ else state
             slots.append(SlotInfo(state, nxt, length, ghash))
-        return cls(ver, _cstr(fw), _cstr(board), maxp, active, shash, nin, nout, slot_size, tuple(slots))
+            flags = reserved if i == 0 else flags
+        return cls(ver, _cstr(fw), _cstr(board), maxp, active, shash, nin, nout, slot_size, tuple(slots), flags)
+
+    @property
+    def signature_required(self) -> bool:
+        """The device refuses blobs not signed by its release key (it verifies Ed25519 itself)."""
+        return bool(self.flags & self.FLAG_SIGNATURE_REQUIRED)
 
     def pack(self) -> bytes:
         """The INFO payload of this object (tests, simulators)."""
         out = self._HEAD.pack(self.protocol_version, self.firmware_version.encode(),
                               self.board.encode(), self.max_payload, self.active_slot,
                               self.structure_hash, self.input_bytes, self.output_bytes, self.slot_size)
-        for s in self.slots:
-            out += self._SLOT.pack(int(s.state), s.next_offset, s.committed_length, s.graph_hash)
+        for i, s in enumerate(self.slots):
+            out += self._SLOT.pack(int(s.state), self.flags if i == 0 else 0, s.next_offset, s.committed_length,
+                                   s.graph_hash)
         return out
 
 

@@ -7,10 +7,19 @@
  * A detector model (model.h defines MODEL_DETECT, exported with the run's postprocess.json)
  * also answers DETECT: the network, then es_detect_run() on its int8 outputs with the running
  * weights' I/O quantization record.
+ *
+ * Signed blobs: a build with a release public key compiled in (-DES_BLOB_PUBLIC_KEY={0x..,...},
+ * its 32 raw bytes, from targets/build.py --public-key) runs only blobs that carry a valid
+ * Ed25519 signature by that key (es_ed25519.c; the signed bytes are defined in
+ * firmware_export/blob.py): COMMIT refuses others, and boot skips a slot whose signature no
+ * longer verifies. Without a key, signatures are left to the host (flasher, edge agent).
  */
 #include "es_app.h"
 
 #include "es_blob.h"
+#ifdef ES_BLOB_PUBLIC_KEY
+#include "es_ed25519.h"
+#endif
 #include "es_hal.h"
 #include "es_reply.h"
 #include "es_sha256.h"
@@ -28,6 +37,13 @@
 #define NUM_TABLE (MODEL_NUM_WEIGHTS > 0 ? MODEL_NUM_WEIGHTS : 1)
 #define INFO_BYTES 168u
 #define STATS_BYTES 32u
+/* INFO byte 81 (slot 0's first reserved byte): device flags (targets/protocol.md, Clarifications) */
+#define INFO_FLAGS_OFFSET 81u
+#define INFO_FLAG_SIGNATURE_REQUIRED 0x01u
+
+#ifdef ES_BLOB_PUBLIC_KEY
+static const uint8_t blob_public_key[ES_ED25519_PUBLIC_KEY_SIZE] = ES_BLOB_PUBLIC_KEY;
+#endif
 
 /* Everything below lives in .bss: no malloc. */
 static es_store store;
@@ -51,12 +67,44 @@ static uint32_t detection_count;
 
 /* ------------------------------------------------------------------ model */
 
+/*
+ * NULL when a blob that es_blob_verify accepted may run on this build, else why not (the start of
+ * the COMMIT error message; *detail, when not NULL, says more). Builds without a public key
+ * accept every blob here.
+ */
+static const char *signature_problem(const es_blob_info *info, const char **detail)
+{
+#ifdef ES_BLOB_PUBLIC_KEY
+    uint32_t signed_bytes;
+    es_ed25519_status st;
+    *detail = NULL;
+    if ((info->flags & ES_BLOB_FLAG_SIGNED) == 0u) {
+        return "signature missing: this firmware runs only blobs signed with its release key "
+               "(export --sign-key)"; /* ERR messages stop at ES_MSG_MAX = 120 characters */
+    }
+    /* the signature covers every byte before it: header through CRC32 (blob.py, "Layout") */
+    signed_bytes = info->total_size - ES_BLOB_SIGNATURE_SIZE;
+    st = es_ed25519_verify(info->blob + signed_bytes, info->blob, signed_bytes, blob_public_key);
+    if (st != ES_ED25519_OK) {
+        *detail = es_ed25519_status_str(st);
+        return "signature invalid: ";
+    }
+    return NULL;
+#else
+    (void)info;
+    *detail = NULL;
+    return NULL;
+#endif
+}
+
 static int blob_usable(const uint8_t *blob, uint32_t length, void *ctx)
 {
     es_blob_info info;
+    const char *detail;
     (void)ctx;
-    if (es_blob_verify(blob, length, model_structure_hash, &info) != ES_BLOB_OK) {
-        return 0;
+    if (es_blob_verify(blob, length, model_structure_hash, &info) != ES_BLOB_OK ||
+        signature_problem(&info, &detail) != NULL) {
+        return 0; /* the boot falls back as for a bad CRC */
     }
     return es_blob_fill_table(&info, model_weight_bytes, MODEL_NUM_WEIGHTS, slot_table) == ES_BLOB_OK;
 }
@@ -158,6 +206,9 @@ static void cmd_info(const es_frame *f)
         es_put_u32(s + 8, store.rec.slot[i].length);
         es_mem_copy(s + 12, store.rec.slot[i].graph_hash, 32);
     }
+#ifdef ES_BLOB_PUBLIC_KEY
+    p[INFO_FLAGS_OFFSET] = INFO_FLAG_SIGNATURE_REQUIRED;
+#endif
     es_reply_ok(f, INFO_BYTES);
 }
 
@@ -259,6 +310,7 @@ static void cmd_commit(const es_frame *f)
     es_blob_status st;
     es_slot_record *r;
     es_msg m;
+    const char *problem, *detail;
     if (!slot_arg(f, 37, &slot) || refuse_protected(f, slot)) {
         return;
     }
@@ -280,6 +332,16 @@ static void cmd_commit(const es_frame *f)
     if (st != ES_BLOB_OK) {
         m = es_reply_err_begin(ES_ERR_BLOB_INVALID);
         es_msg_str(&m, es_blob_status_name(st));
+        es_reply_err_send(f, &m);
+        return;
+    }
+    problem = signature_problem(&info, &detail);
+    if (problem != NULL) {
+        m = es_reply_err_begin(ES_ERR_BLOB_INVALID);
+        es_msg_str(&m, problem);
+        if (detail != NULL) {
+            es_msg_str(&m, detail);
+        }
         es_reply_err_send(f, &m);
         return;
     }
