@@ -80,8 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--qat", action="store_true",
                    help="quantization-aware fine-tuning of a run (classifier or detector), writes int8-qat.onnx")
     q.add_argument("--epochs", type=int, default=2, help="QAT epochs (default 2)")
-    q.add_argument("--qat-lr", type=float, default=None,
-                   help="QAT peak learning rate, cosine decay (default 1e-4 for classifiers, 1e-3 for detectors)")
+    q.add_argument("--qat-lr", type=float, default=1e-4, help="QAT peak learning rate, cosine decay (default 1e-4)")
     q.add_argument("--fp16", action="store_true", help="also write fp16.onnx (GPU targets)")
     q.add_argument("--calib-data", metavar="PATH", help="folder of calibration images (default: the run's training split)")
     q.add_argument("--calib-size", type=int, default=512, help="calibration images (default 512)")

@@ -42,7 +42,7 @@ class QuantizeRequest:
     fp16: bool = False
     qat: bool = False
     epochs: int = 2
-    qat_lr: float | None = None  # None: CLASSIFIER_QAT_LR or DETECTOR_QAT_LR
+    qat_lr: float = 1e-4
     calib_data: str | None = None
     calib_size: int = DEFAULT_CALIB_SIZE
     method: str = "minmax"
@@ -174,12 +174,6 @@ def quantize(req: QuantizeRequest, log: Callable[[str], None] = print) -> dict:
     return done
 
 
-#: QAT peak learning rates (SGD, cosine), measured: ResNet-8 2 epochs at 1e-4 +0.22 pp over FP32 (1e-3
-#: lost 0.30 pp); NanoDet-m 0.5x 4 epochs at 1e-3 within 0.3 pp mAP@.5 of FP32 on its training images
-#: (1e-4 left it 1.7 pp below)
-CLASSIFIER_QAT_LR, DETECTOR_QAT_LR = 1e-4, 1e-3
-
-
 def _run_qat(src: _Source, req: QuantizeRequest, feeds, out: Path, log) -> dict:
     if src.run_dir is None:
         raise ConfigError("--qat fine-tunes an EdgeSmith run (it needs the checkpoint and training data); "
@@ -200,7 +194,7 @@ def _run_qat(src: _Source, req: QuantizeRequest, feeds, out: Path, log) -> dict:
         model = shipped_model(ckpt)  # the EMA weights model.onnx was exported from
         # Small detection batches: BN statistics and activation ranges stay as calibrated (ranges from
         # --method); only the weights adapt to the quantization noise.
-        settings = QatSettings(epochs=req.epochs, lr=req.qat_lr or DETECTOR_QAT_LR, seed=req.seed, freeze_bn_epoch=0,
+        settings = QatSettings(epochs=req.epochs, lr=req.qat_lr, seed=req.seed, freeze_bn_epoch=0,
                                freeze_observer_epoch=0, init_method=req.method,
                                grad_clip=float(cfg.get("optim", {}).get("grad_clip", 0.0)))
         task = DetectorQatTask(src.train_state, settings, device)
@@ -208,7 +202,7 @@ def _run_qat(src: _Source, req: QuantizeRequest, feeds, out: Path, log) -> dict:
         model = build_model_from_checkpoint(ckpt)
         ds = _run_dataset(src)
         aug = cfg.get("augment", {})
-        settings = QatSettings(epochs=req.epochs, lr=req.qat_lr or CLASSIFIER_QAT_LR, seed=req.seed,
+        settings = QatSettings(epochs=req.epochs, lr=req.qat_lr, seed=req.seed,
                                crop_padding=int(aug.get("crop_padding", 4)), flip=bool(aug.get("flip", True)))
         task = ClassifierQatTask(ds.train, ds.image_size, src.spec.mean, src.spec.std, settings, device)
     result = qat_to_qdq(model, src.fp32, out, task=task, feeds=feeds, settings=settings,

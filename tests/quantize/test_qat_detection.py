@@ -109,4 +109,4 @@ def test_quantize_qat_on_a_detector_run_from_the_cli(det_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "QAT epoch 1/1" in out and "qfl" in out
     art = json.loads((run / "manifest.json").read_text())["artifacts"]["variants/int8-qat.onnx"]
-    assert art["qat_epochs"] == 1 and "QAT 1 epoch(s), lr 0.001" in " ".join(art.get("notes", []))
+    assert art["qat_epochs"] == 1 and "QAT 1 epoch(s), lr 0.0001" in " ".join(art.get("notes", []))
