@@ -82,12 +82,12 @@ def main() -> int:
         print(f"  evaluated {name}", flush=True)
     print()
     head = "".join(f" {s + ' mAP@.5':>14} {'vs FP32':>9} {s + ' mAP':>10}" for s in SPLITS)
-    print(f"{'variant':<16}{head} {'KiB':>8} {'quantize s':>10}")
+    print(f"{'variant':<26}{head} {'KiB':>8} {'quantize s':>10}")
     fp32 = rows[0]
     for r in rows:
         cells = "".join(f" {r[s]['map50']:14.4f} {(r[s]['map50'] - fp32[s]['map50']) * 100:+8.2f}pp {r[s]['map']:10.4f}"
                         for s in SPLITS)
-        print(f"{r['variant']:<16}{cells} {r['bytes'] / 1024:8.1f} {r['quantize_s']:10.1f}")
+        print(f"{r['variant']:<26}{cells} {r['bytes'] / 1024:8.1f} {r['quantize_s']:10.1f}")
     print("images: " + ", ".join(f"{s} {fp32[s]['images']}" for s in SPLITS) + "; goal: INT8 mAP@.5 within 1 pp of FP32")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
