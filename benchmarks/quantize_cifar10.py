@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgesmith.quantization import QuantizeRequest, evaluate_variants, quantize  # noqa: E402
+from edgesmith.quantization import evaluate_variants  # noqa: E402
+from variant_runs import write_variants  # noqa: E402
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
@@ -28,14 +28,7 @@ def bench_run(run: Path, calib_size: int, qat_epochs: int, qat_lr: float, skip_e
     variants.append(("int8-pertensor", dict(method="minmax", per_tensor=True)))
     if qat_epochs:
         variants.append(("int8-qat", dict(qat=True, int8=False, epochs=qat_epochs, qat_lr=qat_lr)))
-    timings = {}
-    for name, kw in variants:
-        if skip_existing and (run / "variants" / f"{name}.onnx").exists():
-            continue
-        t = time.perf_counter()
-        quantize(QuantizeRequest(target=str(run), calib_size=calib_size, name=name, **kw), log=lambda _m: None)
-        timings[name] = time.perf_counter() - t
-        print(f"  {run.name}: {name} in {timings[name]:.0f} s", flush=True)
+    timings = write_variants(run, variants, calib_size, skip_existing)
     rows = []
     for name in ["fp32"] + [v for v, _ in variants]:
         entry = evaluate_variants(run, name)[0]

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgesmith.detection import evaluate_detection_onnx  # noqa: E402
-from edgesmith.quantization import QuantizeRequest, quantize, variant_path  # noqa: E402
+from edgesmith.quantization import variant_path  # noqa: E402
+from variant_runs import write_variants  # noqa: E402
 
 METHODS = ("minmax", "percentile", "mse")
 SPLITS = ("val", "train")
@@ -44,14 +44,7 @@ def make_variants(run: Path, calib_size: int, qat_epochs: int, qat_lr: float, qa
     variants.append(("int8-percentile-stem-fp32", dict(method="percentile", keep_float=stem_nodes(run))))
     if qat_epochs:
         variants.append(("int8-qat", dict(qat=True, int8=False, epochs=qat_epochs, qat_lr=qat_lr, method=qat_method)))
-    timings = {}
-    for name, kw in variants:
-        if skip_existing and (run / "variants" / f"{name}.onnx").exists():
-            continue
-        t = time.perf_counter()
-        quantize(QuantizeRequest(target=str(run), calib_size=calib_size, name=name, **kw), log=lambda _m: None)
-        timings[name] = time.perf_counter() - t
-        print(f"  {name} in {timings[name]:.0f} s", flush=True)
+    timings = write_variants(run, variants, calib_size, skip_existing)
     return ["fp32"] + [v for v, _ in variants], timings
 
 

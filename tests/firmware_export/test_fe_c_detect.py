@@ -19,6 +19,7 @@ from fe_c_build import SANITIZE, STRICT
 
 from edgesmith.device_detect import compare_detections
 from firmware_export.c_emitter import RUNTIME_DIR
+from targets.protocol import Detection
 from trainer.detection.postprocess_np import PostprocessParams, postprocess_np
 
 HARNESS = RUNTIME_DIR.parents[1] / "tests" / "firmware_export" / "es_detect_harness.c"
@@ -165,20 +166,10 @@ def harness(tmp_path_factory):
     return exe, work
 
 
-@dataclasses.dataclass
-class _Det:
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float
-    label: int
-
-
-def _read_result(path) -> tuple[int, list[_Det]]:
+def _read_result(path) -> tuple[int, list[Detection]]:
     raw = path.read_bytes()
     status, count = struct.unpack_from("<ii", raw)
-    dets = [_Det(*struct.unpack_from("<5fi", raw, 8 + 24 * k)) for k in range(count)]
+    dets = [Detection(*struct.unpack_from("<5fi", raw, 8 + 24 * k)) for k in range(count)]
     return status, dets
 
 
