@@ -31,7 +31,7 @@ from edgesmith.errors import ConfigError, ExportError
 
 FIRMWARE_DIR = Path(__file__).resolve().parent / "firmware"
 #: the board-independent app sources
-APP_SOURCES = ("es_app.c", "es_proto.c", "es_reply.c", "es_slots.c", "es_sha256.c")
+APP_SOURCES = ("es_app.c", "es_app_detect.c", "es_proto.c", "es_reply.c", "es_slots.c", "es_sha256.c")
 #: added to the app when a public key is compiled in (the Ed25519 verifier)
 SIGNATURE_SOURCES = ("es_ed25519.c", "es_sha512.c")
 #: warnings are errors in the app (small enough to keep clean on every compiler); the model and

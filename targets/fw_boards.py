@@ -187,7 +187,7 @@ def _check_weights_section(c_dir: Path, spec: BareMetalBoard) -> None:
 
 ESP_DIR = "esp32s3"
 #: the app headers the component needs besides APP_SOURCES
-APP_HEADERS = ("es_app.h", "es_hal.h", "es_proto.h", "es_reply.h", "es_sha256.h", "es_slots.h", "es_util.h")
+APP_HEADERS = ("es_app.h", "es_app_internal.h", "es_hal.h", "es_proto.h", "es_reply.h", "es_sha256.h", "es_slots.h", "es_util.h")
 
 
 def build_esp32s3(export_dir: Path, out_dir: Path):

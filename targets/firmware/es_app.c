@@ -4,9 +4,8 @@
  * Compiled together with one exported model (model.h / model.c from firmware_export): the
  * compiled-in weights run when no slot holds a valid blob; a committed slot's blob runs through
  * model_invoke_table() once es_blob_verify accepted it (CRCs + this code's structure hash).
- * A detector model (model.h defines MODEL_DETECT, exported with the run's postprocess.json)
- * also answers DETECT: the network, then es_detect_run() on its int8 outputs with the running
- * weights' I/O quantization record.
+ * The detector commands (DETECT, DETECTIONS) live in es_app_detect.c; es_app_internal.h is
+ * what the two files share.
  *
  * Signed blobs: a build with a release public key compiled in (-DES_BLOB_PUBLIC_KEY={0x..,...},
  * its 32 raw bytes, from targets/build.py --public-key) runs only blobs that carry a valid
@@ -15,6 +14,7 @@
  * longer verifies. Without a key, signatures are left to the host (flasher, edge agent).
  */
 #include "es_app.h"
+#include "es_app_internal.h"
 
 #include "es_blob.h"
 #ifdef ES_BLOB_PUBLIC_KEY
@@ -58,12 +58,6 @@ static uint8_t last_seq;
 static uint32_t last_crc;
 static uint32_t stat_inferences, stat_last_cycles, stat_boots;
 
-#ifdef MODEL_DETECT
-/* decode + NMS state (lookup tables, candidates, boxes) and the last DETECT's result */
-static uint32_t detect_work[(MODEL_DETECT_WORK_BYTES + 3u) / 4u];
-static es_detection detections[MODEL_DETECT_MAX_DET];
-static uint32_t detection_count;
-#endif
 
 /* ------------------------------------------------------------------ model */
 
@@ -110,7 +104,7 @@ static int blob_usable(const uint8_t *blob, uint32_t length, void *ctx)
 }
 
 /* Pointers to each graph output inside output_buf. */
-static void output_ptrs(int8_t *outs[MODEL_NUM_OUTPUTS])
+void es_app_output_ptrs(int8_t **outs)
 {
     uint32_t i, off = 0;
     for (i = 0; i < MODEL_NUM_OUTPUTS; ++i) {
@@ -128,11 +122,23 @@ static int run_model(void)
         ins[i] = input_buf + off;
         off += model_desc.input_bytes[i];
     }
-    output_ptrs(outs);
+    es_app_output_ptrs(outs);
     if (store.running == ES_SLOT_NONE) {
         return model_invoke_multi(ins, outs, arena);
     }
     return model_invoke_table(slot_table, ins, outs, arena);
+}
+
+/* The weights table that runs now: a committed slot's, or NULL for the compiled-in weights. */
+const void *const *es_app_running_table(void)
+{
+    return store.running == ES_SLOT_NONE ? NULL : (const void *const *)slot_table;
+}
+
+void es_app_count_inference(uint32_t cycles)
+{
+    stat_inferences++;
+    stat_last_cycles = cycles;
 }
 
 /* ------------------------------------------------------------------ helpers */
@@ -380,7 +386,7 @@ static void cmd_input(const es_frame *f)
 }
 
 /* INFER / DETECT payload: the whole input, or nothing after INPUT. 0 (after ERR) if neither. */
-static int take_input(const es_frame *f)
+int es_app_take_input(const es_frame *f)
 {
     uint32_t len = f->length; /* 32-bit: model inputs may exceed a u16 */
     es_msg m;
@@ -400,7 +406,7 @@ static int take_input(const es_frame *f)
 }
 
 /* Run the network, timing it; 0 (after ERR) when the model fails. */
-static int timed_run(const es_frame *f, uint32_t *cycles)
+int es_app_timed_run(const es_frame *f, uint32_t *cycles)
 {
     uint32_t start = hal_cycles();
     int rc = run_model();
@@ -419,11 +425,10 @@ static int timed_run(const es_frame *f, uint32_t *cycles)
 static void cmd_infer(const es_frame *f)
 {
     uint32_t cycles;
-    if (!take_input(f) || !timed_run(f, &cycles)) {
+    if (!es_app_take_input(f) || !es_app_timed_run(f, &cycles)) {
         return;
     }
-    stat_inferences++;
-    stat_last_cycles = cycles;
+    es_app_count_inference(cycles);
     es_put_u32(es_reply_payload(), cycles);
     if (4u + MODEL_OUTPUTS_TOTAL_BYTES <= ES_MAX_PAYLOAD) {
         es_mem_copy(es_reply_payload() + 4, output_buf, MODEL_OUTPUTS_TOTAL_BYTES);
@@ -434,107 +439,6 @@ static void cmd_infer(const es_frame *f)
     }
 }
 
-#ifdef MODEL_DETECT
-/* The I/O quantization record of the weights that run now (a blob's, or the compiled-in ones). */
-static const int32_t *running_io_record(void)
-{
-    if (store.running == ES_SLOT_NONE) {
-        return model_io_quant_default;
-    }
-    return (const int32_t *)slot_table[MODEL_IO_QUANT_INDEX];
-}
-
-static void put_f32(uint8_t *p, float v)
-{
-    union {
-        float f;
-        uint32_t u;
-    } bits;
-    bits.f = v;
-    es_put_u32(p, bits.u);
-}
-
-/* Detections [first, first + n) as wire records at p. */
-static void put_detections(uint8_t *p, uint32_t first, uint32_t n)
-{
-    uint32_t i;
-    for (i = 0; i < n; ++i) {
-        const es_detection *d = &detections[first + i];
-        uint8_t *r = p + ES_DETECTION_RECORD_BYTES * i;
-        put_f32(r, d->x1);
-        put_f32(r + 4, d->y1);
-        put_f32(r + 8, d->x2);
-        put_f32(r + 12, d->y2);
-        put_f32(r + 16, d->score);
-        es_put_u16(r + 20, (uint16_t)d->label);
-        es_put_u16(r + 22, 0u);
-    }
-}
-
-#define MAX_RECORDS_PER_FRAME ((ES_MAX_PAYLOAD - ES_DETECT_HEADER_BYTES) / ES_DETECTION_RECORD_BYTES)
-
-static void cmd_detect(const es_frame *f)
-{
-    uint32_t net_cycles, post_cycles, start, inline_n;
-    int8_t *outs[MODEL_NUM_OUTPUTS];
-    uint8_t *p = es_reply_payload();
-    int rc;
-    es_msg m;
-    if (!take_input(f) || !timed_run(f, &net_cycles)) {
-        return;
-    }
-    output_ptrs(outs);
-    start = hal_cycles();
-    rc = es_detect_run(&model_detect_config, running_io_record(), (const int8_t *const *)outs, detect_work,
-                       (uint32_t)sizeof detect_work, detections, MODEL_DETECT_MAX_DET, &detection_count);
-    post_cycles = hal_cycles() - start;
-    if (rc != 0) {
-        detection_count = 0;
-        m = es_reply_err_begin(ES_ERR_BAD_ARGS);
-        es_msg_str(&m, "post-processing returned es_status ");
-        es_msg_u32(&m, (uint32_t)rc);
-        es_reply_err_send(f, &m);
-        return;
-    }
-    stat_inferences++;
-    stat_last_cycles = net_cycles;
-    inline_n = detection_count < MAX_RECORDS_PER_FRAME ? detection_count : MAX_RECORDS_PER_FRAME;
-    es_put_u32(p, net_cycles);
-    es_put_u32(p + 4, post_cycles);
-    es_put_u16(p + 8, (uint16_t)detection_count);
-    es_put_u16(p + 10, (uint16_t)inline_n);
-    put_detections(p + ES_DETECT_HEADER_BYTES, 0, inline_n);
-    es_reply_ok(f, (uint16_t)(ES_DETECT_HEADER_BYTES + ES_DETECTION_RECORD_BYTES * inline_n));
-}
-
-static void cmd_detections(const es_frame *f)
-{
-    uint32_t first, n;
-    if (f->length != 4u) {
-        es_reply_err(f, ES_ERR_BAD_ARGS, "DETECTIONS needs first u16 and count u16");
-        return;
-    }
-    first = es_get_u16(f->payload);
-    n = es_get_u16(f->payload + 2);
-    if (n > ES_MAX_PAYLOAD / ES_DETECTION_RECORD_BYTES || first > detection_count || n > detection_count - first) {
-        es_reply_err(f, ES_ERR_BAD_ARGS, "DETECTIONS range runs past the last DETECT's result (or MAX_PAYLOAD)");
-        return;
-    }
-    put_detections(es_reply_payload(), first, n);
-    es_reply_ok(f, (uint16_t)(ES_DETECTION_RECORD_BYTES * n));
-}
-#else
-static void cmd_detect(const es_frame *f)
-{
-    es_reply_err(f, ES_ERR_UNKNOWN_COMMAND, "DETECT: this firmware runs a classifier; use INFER "
-                                            "(detectors: export with the run's postprocess.json)");
-}
-
-static void cmd_detections(const es_frame *f)
-{
-    es_reply_err(f, ES_ERR_UNKNOWN_COMMAND, "DETECTIONS: this firmware runs a classifier; use INFER");
-}
-#endif
 
 static void cmd_output(const es_frame *f)
 {
@@ -609,22 +513,16 @@ void es_app_boot(void)
 {
     have_last_seq = 0;
     stat_boots++;
-#ifdef MODEL_DETECT
-    detection_count = 0;
-#endif
     store_ok = es_store_open(&store) == 0;
     if (!store_ok) {
         store.running = ES_SLOT_NONE; /* storage too small: compiled-in weights only */
         store.rec.active = ES_SLOT_NONE;
         store.rec.trial = ES_SLOT_NONE;
+        es_app_detect_boot();
         return;
     }
     es_store_boot(&store, blob_usable, NULL);
-#ifdef MODEL_DETECT
-    /* lookup tables for the weights that now run, so DETECT's time is decode + NMS only (a
-     * failure here shows up again, with its status, on the first DETECT) */
-    (void)es_detect_prepare(&model_detect_config, running_io_record(), detect_work, (uint32_t)sizeof detect_work);
-#endif
+    es_app_detect_boot();
 }
 
 void es_app_handle(const es_frame *f)
@@ -645,8 +543,8 @@ void es_app_handle(const es_frame *f)
     case ES_CMD_READ: cmd_read(f); break;
     case ES_CMD_INPUT: cmd_input(f); break;
     case ES_CMD_OUTPUT: cmd_output(f); break;
-    case ES_CMD_DETECT: cmd_detect(f); break;
-    case ES_CMD_DETECTIONS: cmd_detections(f); break;
+    case ES_CMD_DETECT: es_app_cmd_detect(f); break;
+    case ES_CMD_DETECTIONS: es_app_cmd_detections(f); break;
     case ES_CMD_REBOOT:
         es_reply_ok(f, 0);
         hal_reset();
