@@ -133,6 +133,7 @@ def bench_resume(exe: Path, blob: bytes, tmp: Path, bytes_per_s: float | None) -
     probe.unlink(missing_ok=True)
     with HostFirmware(exe, probe) as fw, fw.open() as dev:
         at_boot = dev.stats().flash_writes
+        chunk = flasher.burst_chunk(dev.info())  # what a WRITE carries on this device
         dev.erase(0)
         erase_ops = dev.stats().flash_writes - at_boot
     fresh = tmp / "fresh.bin"
@@ -141,7 +142,7 @@ def bench_resume(exe: Path, blob: bytes, tmp: Path, bytes_per_s: float | None) -
         full = _flash_via(fw, blob, bytes_per_s)
     cut_file = tmp / "cut.bin"
     cut_file.unlink(missing_ok=True)
-    half_writes = (len(blob) // flasher.CHUNK_SIZES[0]) // 2
+    half_writes = max(1, -(-len(blob) // chunk) // 2)
     with HostFirmware(exe, cut_file, power_cut_at=at_boot + erase_ops + half_writes) as fw:
         try:
             flash_blob(fw.url, blob)

@@ -31,6 +31,9 @@ from edgesmith.errors import ConfigError, ExportError
 
 FIRMWARE_DIR = Path(__file__).resolve().parent / "firmware"
 #: the board-independent app sources
+#: command frames the host build takes (INFO's max payload; protocol.md, Clarifications): a pty
+#: moves a 1 KiB frame faster than the host can prepare one, so bursts of bigger WRITEs do better
+HOST_MAX_COMMAND_PAYLOAD = 16384
 APP_SOURCES = ("es_app.c", "es_app_detect.c", "es_proto.c", "es_reply.c", "es_slots.c", "es_sha256.c")
 #: added to the app when a public key is compiled in (the Ed25519 verifier)
 SIGNATURE_SOURCES = ("es_ed25519.c", "es_sha512.c")
@@ -169,7 +172,7 @@ def build_host(export_dir: Path, out_dir: Path, *, sanitize: bool = False,
     flags = ["-O2", "-g"]
     if sanitize:
         flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-    flags += [f"-D{d}" for d in defines]
+    flags += [f"-D{d}" for d in (f"ES_MAX_COMMAND_PAYLOAD={HOST_MAX_COMMAND_PAYLOAD}u", *defines)]
     compile_and_link(cc, app, model_sources(export_dir), [*flags, "-I", str(FIRMWARE_DIR), "-I", str(c_dir)],
                      [], exe, "host firmware build")
     sections = {}

@@ -188,17 +188,18 @@ class Device:
         a caller that pipelines falls back to :meth:`command` after any fault."""
         return self.send_many(cmd, [payload])[0]
 
-    def send_many(self, cmd: Cmd | int, payloads: list[bytes]) -> list[int]:
+    def send_many(self, cmd: Cmd | int, payloads: list[bytes], max_payload: int = MAX_PAYLOAD) -> list[int]:
         """Send one command per payload without waiting, all in ONE port write; returns their
         seqs, in order, for :meth:`receive`. One write per burst instead of one per frame saves
         a system call and a wake-up of the reader per frame (on a pty that is most of the cost
-        of a 1 KiB frame). No retries, as :meth:`send`."""
+        of a 1 KiB frame). No retries, as :meth:`send`. ``max_payload``: up to the device's INFO
+        max payload (bigger command frames on fast links)."""
         code = int(cmd)
         seq = self._seq
         seqs, frames = [], []
         for payload in payloads:
             seqs.append(seq)
-            frames.append(encode_frame(code, seq, payload))
+            frames.append(encode_frame(code, seq, payload, max_payload))
             seq = (seq + 1) & 0xFF
         self._seq = seq
         self.counters.commands += len(frames)

@@ -35,6 +35,8 @@ from targets.protocol import (COMPILED_IN_SLOT, WRITE_HEADER_SIZE, Cmd, DeviceCo
 
 #: WRITE chunk sizes, largest first: multiples of 32 bytes (STM32H7 flash words; protocol.md)
 CHUNK_SIZES = (992, 256, 64, 32)
+#: largest WRITE chunk in a burst, for devices that advertise big command frames (host build)
+MAX_BURST_CHUNK = 16352
 FLASH_WORD = 32
 #: WRITE frames in flight on links with flow control (ptys, sockets to QEMU or a proxy): the
 #: device processes them in order, a lost one makes the rest ERR BAD_OFFSET and the flash goes
@@ -195,7 +197,7 @@ def flash_blob(connect: Callable[[int | None], Device] | str, blob: bytes, *, ba
             f"flashing slot {_slot_name(slot)} ({len(blob)} bytes)")
         start = _resume_or_erase(session, info, slot, blob, log)
         t_write = time.monotonic()
-        failures = _write_all(session, slot, blob, start, log, window)
+        failures = _write_all(session, slot, blob, start, log, window, burst_chunk(info))
         write_s = time.monotonic() - t_write
         _verify(session, slot, blob, digest)
         session.device.commit(slot, len(blob), digest)
@@ -289,7 +291,15 @@ def _flow_controlled(url: str) -> bool:
 _WRITE_HEAD = struct.Struct("<BI")
 
 
-def _write_window(device: Device, slot: int, view: memoryview, offset: int, window: int) -> tuple[int, bool]:
+def burst_chunk(info: DeviceInfo) -> int:
+    """WRITE data per frame in bursts: what the device's INFO max payload allows (a multiple of 32,
+    at most MAX_BURST_CHUNK), never less than the protocol's 992."""
+    room = (min(info.max_payload, MAX_BURST_CHUNK + WRITE_HEADER_SIZE) - WRITE_HEADER_SIZE) // 32 * 32
+    return max(CHUNK_SIZES[0], room)
+
+
+def _write_window(device: Device, slot: int, view: memoryview, offset: int, window: int,
+                  size: int = CHUNK_SIZES[0]) -> tuple[int, bool]:
     """Pipelined WRITEs of the largest chunk, up to ``window`` in flight, from ``offset``; returns
     (the device's last acknowledged next offset, whether everything went through). Stops at the
     first fault; the caller continues stop-and-wait from the returned offset.
@@ -297,7 +307,6 @@ def _write_window(device: Device, slot: int, view: memoryview, offset: int, wind
     Frames go out in bursts: once half the window is acknowledged, the free half is sent in one
     port write (:meth:`Device.send_many`), so the link sees a few large writes instead of one
     small write per frame, while half a window stays queued at the device."""
-    size = CHUNK_SIZES[0]
     refill_at = max(1, window // 2)
     acked = sent = offset
     inflight: collections.deque[int] = collections.deque()
@@ -310,7 +319,7 @@ def _write_window(device: Device, slot: int, view: memoryview, offset: int, wind
                     data = view[sent:sent + size]
                     payloads.append(_WRITE_HEAD.pack(slot, sent) + data)
                     sent += len(data)
-                inflight.extend(device.send_many(Cmd.WRITE, payloads))
+                inflight.extend(device.send_many(Cmd.WRITE, payloads, WRITE_HEADER_SIZE + size))
             seq = inflight.popleft()
             nxt = struct.unpack("<I", device.receive(Cmd.WRITE, seq, WRITE_HEADER_SIZE + size))[0]
             if not acked < nxt <= len(view):
@@ -322,7 +331,7 @@ def _write_window(device: Device, slot: int, view: memoryview, offset: int, wind
 
 
 def _write_all(session: _Session, slot: int, blob: bytes, offset: int,
-               log: Callable[[str], None], window: int = 1) -> int:
+               log: Callable[[str], None], window: int = 1, burst: int = CHUNK_SIZES[0]) -> int:
     """WRITE blob[offset:] (module docstring, step 4); returns how many rounds failed."""
     level = 0
     streak = 0
@@ -333,7 +342,7 @@ def _write_all(session: _Session, slot: int, blob: bytes, offset: int,
     while offset < len(blob):
         if window > 1 and level == 0 and (failures == 0 or streak >= GROW_AFTER_SUCCESSES):
             try:
-                offset, done = _write_window(session.device, slot, view, offset, window)
+                offset, done = _write_window(session.device, slot, view, offset, window, burst)
             except DeviceConnectionError as e:
                 last_fault = str(e)
                 offset = _resync(session, slot, blob, offset, log)

@@ -162,17 +162,18 @@ _FRAME_HEADER = struct.Struct("<BBH")  # type, seq, length (after SOF)
 _FRAME_CRC = struct.Struct("<I")
 
 
-def encode_frame(ftype: int, seq: int, payload: bytes = b"") -> bytes:
+def encode_frame(ftype: int, seq: int, payload: bytes = b"", max_payload: int = MAX_PAYLOAD) -> bytes:
     """One frame: SOF, type, seq, length, payload, CRC32 over type..payload.
 
     ``payload`` may be any bytes-like object (a memoryview slice of a blob is not copied twice:
-    the flasher encodes ~100 of these per 100 KB, so each copy shows in the throughput)."""
+    the flasher encodes ~100 of these per 100 KB, so each copy shows in the throughput).
+    ``max_payload``: a device whose INFO advertises bigger command frames takes up to that."""
     if not 0 <= ftype <= 0xFF or not 0 <= seq <= 0xFF:
         raise DeviceError(f"frame type {ftype} and seq {seq} must each fit in one byte (0..255)")
     length = len(payload)
-    if length > MAX_PAYLOAD:
+    if length > max_payload or length > 0xFFFF:
         raise DeviceError(f"frame payload is {length} bytes; the protocol allows at most "
-                          f"{MAX_PAYLOAD}: split it (WRITE/INPUT/OUTPUT take offsets)")
+                          f"{max_payload}: split it (WRITE/INPUT/OUTPUT take offsets)")
     header = _FRAME_HEADER.pack(ftype, seq, length)
     crc = zlib.crc32(payload, zlib.crc32(header))
     return b"".join((SOF, header, payload, _FRAME_CRC.pack(crc)))

@@ -198,7 +198,7 @@ static void cmd_info(const es_frame *f)
     p[0] = ES_PROTO_VERSION;
     es_put_str(p + 1, ES_FW_VERSION, 16);
     es_put_str(p + 17, hal_board_name(), 16);
-    es_put_u16(p + 33, ES_MAX_PAYLOAD);
+    es_put_u16(p + 33, ES_MAX_COMMAND_PAYLOAD);
     p[35] = store.running;
     es_mem_copy(p + 36, model_structure_hash, 32);
     es_put_u32(p + 68, MODEL_INPUTS_TOTAL_BYTES);

@@ -148,7 +148,7 @@ es_rx_result es_proto_receive(es_frame *frame, uint32_t idle_ms, es_proto_counte
     frame->type = header[0];
     frame->seq = header[1];
     frame->length = es_get_u16(header + 2);
-    if (frame->length > ES_MAX_PAYLOAD) {
+    if (frame->length > ES_MAX_COMMAND_PAYLOAD) {
         counters->crc_errors++;
         es_proto_send_nak(frame->seq, ES_NAK_TOO_LONG, counters);
         return ES_RX_NAKED;

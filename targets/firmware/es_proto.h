@@ -10,6 +10,12 @@
 
 #define ES_PROTO_VERSION 1u
 #define ES_MAX_PAYLOAD 1024u
+/* Largest command payload this build accepts (INFO's "max payload"); answers stay within
+ * ES_MAX_PAYLOAD. MCU boards keep 1024; a build for a fast link with RAM to spare (the host
+ * build on a pty) may define more, up to 65535, so WRITE bursts carry bigger chunks. */
+#ifndef ES_MAX_COMMAND_PAYLOAD
+#define ES_MAX_COMMAND_PAYLOAD ES_MAX_PAYLOAD
+#endif
 #define ES_FRAME_OVERHEAD 10u
 #define ES_FRAME_TIMEOUT_MS 200u
 #define ES_SOF0 0xA5u
@@ -57,7 +63,7 @@ typedef struct {
     uint8_t seq;
     uint16_t length;
     uint32_t crc; /* the frame's CRC32: with seq, identifies a retry of the same command */
-    uint8_t payload[ES_MAX_PAYLOAD];
+    uint8_t payload[ES_MAX_COMMAND_PAYLOAD];
 } es_frame;
 
 /* Receive counters (STATS). */

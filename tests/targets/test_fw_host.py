@@ -16,6 +16,8 @@ from fw_driver import CMD, ERR, NAK, DeviceError, HostDevice, encode
 from fw_models import expected, resnet8, resnet8_export, small_blobs, small_firmware, small_model
 from hypothesis import HealthCheck, given, settings
 
+from targets.build import HOST_MAX_COMMAND_PAYLOAD
+
 from firmware_export.blob import write_blob
 from hypothesis import strategies as st
 
@@ -36,7 +38,7 @@ def _out(d: HostDevice, x: np.ndarray) -> bytes:
 def test_fw_info_describes_compiled_model(device):
     graphs, x = small_model()
     info = device.info()
-    assert (info.version, info.board, info.max_payload, info.active) == (1, "host", 1024, 0xFF)
+    assert (info.version, info.board, info.max_payload, info.active) == (1, "host", HOST_MAX_COMMAND_PAYLOAD, 0xFF)
     assert info.structure_hash == bytes.fromhex(graphs[0].structure_hash())
     assert info.input_bytes == x.size and info.output_bytes == len(expected(graphs[0], x))
     assert [s[0] for s in info.slots] == ["EMPTY", "EMPTY"] and info.slot_size == 64 * 1024
@@ -57,7 +59,7 @@ def test_fw_bad_frames_get_nak_with_reason(device):
     bad_crc = good[:-1] + bytes([good[-1] ^ 1])
     device.send_raw(bad_crc)
     assert device.read_frame()[0::2] == (NAK, b"\x01")
-    device.send_raw(b"\xA5\x5A" + struct.pack("<BBH", CMD["WRITE"], 8, 1025))  # too long
+    device.send_raw(b"\xA5\x5A" + struct.pack("<BBH", CMD["WRITE"], 8, HOST_MAX_COMMAND_PAYLOAD + 1))  # too long
     assert device.read_frame()[0::2] == (NAK, b"\x02")
     device.send_raw(encode(CMD["INFER"], 9, b"\0" * 40)[:20])  # stalls mid-frame
     t = time.monotonic()

@@ -133,3 +133,26 @@ def test_frame_crc_matches_zlib_for_every_length_remainder(exe, tmp_path):
             assert dev.read(0, 0, n) == data[:n]
         assert dev.counters.resends == 0 and dev.counters.bad_frames == 0
         assert dev.stats().crc_errors == 0
+
+
+def test_bursts_use_the_bigger_command_frames_the_device_advertises(exe, tmp_path):
+    """The host build's INFO offers 16 KiB command frames: bursts carry 16 KiB chunks (every byte
+    verified), while a device that offers the protocol's 1024 gets 992-byte chunks."""
+    from targets.build import HOST_MAX_COMMAND_PAYLOAD
+    from targets.protocol import DeviceInfo
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, 5 * flasher.MAX_BURST_CHUNK + 77, dtype=np.uint8).tobytes()
+    with HostFirmware(exe, tmp_path / "flash.bin") as fw, Device(open_port(fw.url)) as dev:
+        info = dev.info()
+        assert info.max_payload == HOST_MAX_COMMAND_PAYLOAD
+        chunk = flasher.burst_chunk(info)
+        assert chunk == flasher.MAX_BURST_CHUNK and chunk % 32 == 0
+        dev.erase(0)
+        frames_before = dev.stats().frames_received
+        acked, done = flasher._write_window(dev, 0, memoryview(data), 0, 8, chunk)
+        assert (acked, done) == (len(data), True)
+        assert dev.stats().frames_received - frames_before == 6 + 1  # 6 WRITEs and the STATS itself
+        assert dev.verify(0, len(data)) == hashlib.sha256(data).digest()
+    mcu = DeviceInfo(**{**info.__dict__, "max_payload": 1024})
+    assert flasher.burst_chunk(mcu) == flasher.CHUNK_SIZES[0] == 992

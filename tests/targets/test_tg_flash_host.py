@@ -156,6 +156,7 @@ def test_tg_resume_after_power_cut_mid_write(pair, tmp_path, monkeypatch):
     p, exe = pair
     monkeypatch.setattr(flasher, "RECONNECT_ATTEMPTS", 1)
     monkeypatch.setattr(flasher, "RECONNECT_PAUSE_S", 0.0)
+    monkeypatch.setattr(flasher, "MAX_BURST_CHUNK", 992)  # MCU-sized chunks: the cut lands mid-blob
     flash_file = tmp_path / "flash.bin"
     with HostFirmware(exe, flash_file) as fw, fw.open() as dev:
         base = dev.stats().flash_writes
