@@ -162,6 +162,15 @@ def work_bytes(num_levels: int, capacity: int) -> int:
     return 4 * words
 
 
+#: sizeof(es_detection): box x1, y1, x2, y2, score (float32) and label (int32)
+DETECTION_BYTES = 24
+
+
+def detection_ram_bytes(spec: DetectionSpec) -> int:
+    """Static RAM the firmware's post-processing needs: the work buffer and max_det results."""
+    return work_bytes(len(spec.strides), spec.capacity) + DETECTION_BYTES * spec.max_det
+
+
 def _float_literal(x: float) -> str:
     text = f"{float(np.float32(x)):.9g}"
     if "e" not in text and "." not in text and "inf" not in text and "nan" not in text:
@@ -215,4 +224,4 @@ def source_lines(prefix: str, spec: DetectionSpec, levels: list[DetectLevel], io
 
 
 __all__ = ["DETECT_RUNTIME_FILES", "DetectLevel", "DetectionSpec", "detector_levels", "header_lines",
-           "load_postprocess", "source_lines", "work_bytes"]
+           "load_postprocess", "source_lines", "work_bytes", "detection_ram_bytes", "DETECTION_BYTES"]

@@ -143,7 +143,7 @@ def export_model(graph: IntGraph, out_dir: str | Path, board: Any, *, formats: l
     files: dict[str, list[Path]] = {}
     detection = None
     if postprocess is not None:
-        from firmware_export.c_detect import detector_levels, load_postprocess  # noqa: PLC0415
+        from firmware_export.c_detect import detection_ram_bytes, detector_levels, load_postprocess  # noqa: PLC0415
 
         detection = load_postprocess(postprocess)
         detector_levels(strip_float_edges(graph), detection)  # a mismatch fails before any file is written
@@ -165,7 +165,8 @@ def export_model(graph: IntGraph, out_dir: str | Path, board: Any, *, formats: l
         compiler = toolchain["compiler"] if isinstance(toolchain, dict) else toolchain.compiler
         flags = tuple(toolchain["flags"] if isinstance(toolchain, dict) else toolchain.flags)
         code_bytes = measure_code_bytes(out / C_DIR, compiler, flags, analyse(graph).param_bytes)
-    fit = fit_report(graph, board, arena_bytes=plan.arena_bytes, code_bytes=code_bytes)
+    fit = fit_report(graph, board, arena_bytes=plan.arena_bytes, code_bytes=code_bytes,
+                     postprocess_bytes=detection_ram_bytes(detection) if detection is not None else 0)
     fit_path = out / "fit.json"
     fit_path.write_text(json.dumps(fit.to_dict(), indent=2))
     files["fit"] = [fit_path]

@@ -39,6 +39,8 @@ class FitReport:
     arena_bytes: int
     runtime_state_bytes: int
     runtime_state_estimated: bool
+    #: detectors: es_detect's work buffer + the detections array (static RAM besides the arena)
+    postprocess_bytes: int
     ram_needed_bytes: int
     #: the largest arena the board can give (one region)
     ram_available_bytes: int
@@ -93,12 +95,13 @@ def _seconds(s: float) -> str:
 
 
 def fit_report(graph: IntGraph, board: Any, *, arena_bytes: int, code_bytes: int | None = None,
-               runtime_state_bytes: int | None = None) -> FitReport:
+               runtime_state_bytes: int | None = None, postprocess_bytes: int = 0) -> FitReport:
     """Check ``graph`` with an arena of ``arena_bytes`` against ``board``.
 
     ``code_bytes``: measured code size (e.g. from ``size`` of the firmware); without it the
     board's ``runtime_code_bytes`` estimate is used. ``runtime_state_bytes``: measured runtime
     RAM besides the arena; without it an estimate from the op count is used.
+    ``postprocess_bytes``: a detector's on-device post-processing RAM (exact, from its config).
     """
     if arena_bytes < 0 or (code_bytes is not None and code_bytes < 0):
         raise ExportError(f"arena_bytes and code_bytes must be >= 0, got {arena_bytes} and "
@@ -111,12 +114,13 @@ def fit_report(graph: IntGraph, board: Any, *, arena_bytes: int, code_bytes: int
     state_estimated = runtime_state_bytes is None
     if runtime_state_bytes is None:
         runtime_state_bytes = RUNTIME_STATE_BASE_BYTES + RUNTIME_STATE_PER_OP_BYTES * len(graph.ops)
-    ram_needed = arena_bytes + runtime_state_bytes
+    ram_needed = arena_bytes + runtime_state_bytes + postprocess_bytes
     regions = [r for r in _regions(board) if r[1] > 0]
     ram_available = max((size for _, size in regions), default=0)
     arena_region = next((region for region, size in regions if ram_needed <= size), None)
     state_text = f"runtime state {human_bytes(runtime_state_bytes)}" + (
-        " (estimate)" if state_estimated else "")
+        " (estimate)" if state_estimated else "") + (
+        f" + post-processing {human_bytes(postprocess_bytes)}" if postprocess_bytes else "")
     if arena_region is not None:
         free = dict(regions)[arena_region]
         messages.append(f"RAM: arena {human_bytes(arena_bytes)} + {state_text} fits in "
@@ -170,7 +174,8 @@ def fit_report(graph: IntGraph, board: Any, *, arena_bytes: int, code_bytes: int
     return FitReport(
         board=name, fits=ram_fits and flash_fits, ram_fits=ram_fits, flash_fits=flash_fits,
         arena_bytes=int(arena_bytes), runtime_state_bytes=int(runtime_state_bytes),
-        runtime_state_estimated=state_estimated, ram_needed_bytes=ram_needed,
+        runtime_state_estimated=state_estimated, postprocess_bytes=int(postprocess_bytes),
+        ram_needed_bytes=ram_needed,
         ram_available_bytes=ram_available, arena_region=arena_region,
         code_bytes=code, code_bytes_estimated=code_estimated, weight_bytes=weights,
         flash_needed_bytes=code + weights, internal_flash_bytes=internal,

@@ -15,7 +15,7 @@ from fe_c_build import STRICT
 from random_graphs import random_multi_op_graph
 
 from edgesmith.errors import ExportError
-from firmware_export.c_detect import DetectionSpec, load_postprocess, work_bytes
+from firmware_export.c_detect import DETECTION_BYTES, DetectionSpec, load_postprocess, work_bytes
 from firmware_export.c_emitter import RUNTIME_DIR, emit_c
 from firmware_export.export import export_model
 
@@ -63,6 +63,18 @@ def test_detector_export_writes_constants_and_runtime(det, tmp_path):
     source = (c_dir / "model.c").read_text()
     assert "{8, 8, 8, 0, 1}" in source and "{32, 2, 2, 4, 5}" in source  # stride, h, w, outputs
     assert "model_io_quant_default" in source
+    # fit.json counts the post-processing RAM (work buffer + max_det records) on top of the arena
+    fit = result.fit
+    assert fit.postprocess_bytes == work_bytes(3, 150) + DETECTION_BYTES * p.max_det
+    assert fit.ram_needed_bytes == fit.arena_bytes + fit.runtime_state_bytes + fit.postprocess_bytes
+    assert any("post-processing" in m for m in fit.messages)
+    # DETECTION_BYTES is sizeof(es_detection) as the C compiler lays it out
+    probe = tmp_path / "sizeof.c"
+    probe.write_text('#include "es_detect.h"\nint check[sizeof(es_detection) == %d ? 1 : -1];\n' % DETECTION_BYTES)
+    if shutil.which("gcc"):
+        proc = subprocess.run(["gcc", "-std=c99", "-c", "-I", str(c_dir), str(probe), "-o", str(tmp_path / "s.o")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
 
 
 def test_classifier_export_is_unchanged(tmp_path):
