@@ -75,13 +75,7 @@ class HostFirmware:
         return self.proc.wait(timeout=timeout)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc)
         if not self._stderr.closed:
             self._err = self.stderr_text()
             self._stderr.close()
@@ -91,6 +85,17 @@ class HostFirmware:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate a firmware process (host build or QEMU), killing it if it ignores SIGTERM for 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def free_tcp_port() -> int:
@@ -154,13 +159,7 @@ class QemuBoard:
         raise DeviceConnectionError(f"cannot connect to QEMU's UART at {self.url}: {last}")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc)
         self._stderr.close()
 
     def __enter__(self) -> "QemuBoard":
