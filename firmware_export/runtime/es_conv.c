@@ -314,17 +314,24 @@ static void for_each_pixel(const es_conv_params *p, const requant_args *r, const
     }
 }
 
-static requant_args conv_requant(const es_conv_params *p, const int32_t *bias, const int32_t *mult,
-                                 const int32_t *shift)
+/* The per-output-channel requantization of a conv or FC (both carry the same output fields). */
+static requant_args make_requant(const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                                 int32_t output_offset, int32_t act_min, int32_t act_max)
 {
     requant_args r;
     r.bias = bias;
     r.mult = mult;
     r.shift = shift;
-    r.output_offset = p->output_offset;
-    r.act_min = p->act_min;
-    r.act_max = p->act_max;
+    r.output_offset = output_offset;
+    r.act_min = act_min;
+    r.act_max = act_max;
     return r;
+}
+
+static requant_args conv_requant(const es_conv_params *p, const int32_t *bias, const int32_t *mult,
+                                 const int32_t *shift)
+{
+    return make_requant(bias, mult, shift, p->output_offset, p->act_min, p->act_max);
 }
 #endif /* ES_CONV_FORCE_GENERIC */
 
@@ -428,13 +435,7 @@ int es_fully_connected_s8(const es_fc_params *p, const int8_t *in, const int8_t 
     }
 #ifndef ES_CONV_FORCE_GENERIC
     if (offset_fits_int16(p->input_offset)) {
-        requant_args r;
-        r.bias = bias;
-        r.mult = mult;
-        r.shift = shift;
-        r.output_offset = p->output_offset;
-        r.act_min = p->act_min;
-        r.act_max = p->act_max;
+        const requant_args r = make_requant(bias, mult, shift, p->output_offset, p->act_min, p->act_max);
         for (b = 0; b < p->batches; ++b) {
             const int8_t *x = in + (size_t)b * in_f;
             int8_t *dst = out + (size_t)b * out_f;
