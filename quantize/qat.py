@@ -209,8 +209,9 @@ class QatTask:
         """The epoch's batches as (normalised NCHW input on the task's device, target)."""
         raise NotImplementedError
 
-    def loss(self, outputs: Any, target: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss to minimise and figures to sum over the epoch (each weighted by batch size)."""
+    def loss(self, outputs: Any, target: Any) -> tuple[torch.Tensor, dict[str, float], int]:
+        """The loss to minimise, figures to sum over the epoch (each weighted by batch size), and
+        the batch size (the epoch's figures are divided by the images seen)."""
         raise NotImplementedError
 
     def summary(self, sums: dict[str, float], count: int) -> dict[str, float]:
@@ -236,10 +237,10 @@ class ClassifierQatTask(QatTask):
                                flip=s.flip, cutout_size=0)
             yield self._normalizer(xb), yb
 
-    def loss(self, outputs: Any, target: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, outputs: Any, target: Any) -> tuple[torch.Tensor, dict[str, float], int]:
         loss = self._loss(outputs, target)
-        return loss, {"loss": loss.item() * len(target), "train_top1": float((outputs.argmax(1) == target).sum()),
-                      "_n": len(target)}
+        n = len(target)
+        return loss, {"loss": loss.item() * n, "train_top1": float((outputs.argmax(1) == target).sum())}, n
 
 
 def _train(gm: fx.GraphModule, task: QatTask, s: QatSettings, device: torch.device,
@@ -265,7 +266,7 @@ def _train(gm: fx.GraphModule, task: QatTask, s: QatSettings, device: torch.devi
         for xb, target in task.batches(epoch):
             for g in opt.param_groups:
                 g["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
-            loss, figures = task.loss(gm(xb), target)
+            loss, figures, n = task.loss(gm(xb), target)
             if not torch.isfinite(loss):
                 raise ExportError(f"QAT loss became {loss.item()} at epoch {epoch + 1}; try a lower --qat-lr "
                                   f"(now {s.lr})")
@@ -275,7 +276,7 @@ def _train(gm: fx.GraphModule, task: QatTask, s: QatSettings, device: torch.devi
                 torch.nn.utils.clip_grad_norm_(gm.parameters(), s.grad_clip)
             opt.step()
             step += 1
-            count += int(figures.pop("_n"))
+            count += n
             for k, v in figures.items():
                 sums[k] = sums.get(k, 0.0) + v
         entry = {"epoch": epoch + 1, **task.summary(sums, count)}

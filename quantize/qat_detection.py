@@ -55,7 +55,7 @@ class DetectorQatTask(QatTask):
             xb = self._normalizer(images.to(self.device).permute(0, 3, 1, 2).contiguous())
             yield xb, (gt_boxes.to(self.device), gt_labels.to(self.device), len(images))
 
-    def loss(self, outputs: Any, target: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, outputs: Any, target: Any) -> tuple[torch.Tensor, dict[str, float], int]:
         gt_boxes, gt_labels, n = target
         loss, parts = self._criterion(tuple(o.float() for o in outputs), gt_boxes, gt_labels, self.hw)
-        return loss, {"loss": loss.item() * n, **{k: parts[k] * n for k in ("qfl", "giou", "dfl")}, "_n": n}
+        return loss, {"loss": loss.item() * n, **{k: parts[k] * n for k in ("qfl", "giou", "dfl")}}, n
