@@ -17,6 +17,7 @@ Boards (one entry each in ``BUILDERS``; see :mod:`targets.fw_boards` for the MCU
 ``public_key`` (an Ed25519 public key: PEM or 32-byte raw file, ``cryptography`` object or 32
 raw bytes) compiles the key into the firmware as ``ES_BLOB_PUBLIC_KEY``; that firmware then
 runs only weight blobs signed with the matching private key (``targets/firmware/es_app.c``).
+For ``esp32s3`` the key is written into the ESP-IDF component as ``app/es_blob_key.h``.
 """
 from __future__ import annotations
 

@@ -190,11 +190,13 @@ ESP_DIR = "esp32s3"
 APP_HEADERS = ("es_app.h", "es_app_internal.h", "es_hal.h", "es_proto.h", "es_reply.h", "es_sha256.h", "es_slots.h", "es_util.h")
 
 
-def build_esp32s3(export_dir: Path, out_dir: Path):
+def build_esp32s3(export_dir: Path, out_dir: Path, defines: tuple[str, ...] = ()):
     """An ESP-IDF project (example app + the ``edgesmith_fw`` component with the app and the
     model copied in) under ``out_dir/esp32s3-project``; built with ``idf.py build`` when ESP-IDF
     is installed, else left for the user to build. Size: the export's fit report (no Xtensa
-    compiler here)."""
+    compiler here). ``defines`` may hold the public key (``ES_BLOB_PUBLIC_KEY=...``): it goes into
+    the component as ``app/es_blob_key.h``, which its CMakeLists.txt force-includes, adding the
+    Ed25519 verifier's sources."""
     import json  # noqa: PLC0415
 
     from targets.build import APP_SOURCES, FIRMWARE_DIR, FirmwareImage, _run, fit_summary  # noqa: PLC0415
@@ -216,6 +218,7 @@ def build_esp32s3(export_dir: Path, out_dir: Path):
     (comp / "app").mkdir()
     for name in (*APP_SOURCES, *APP_HEADERS):
         shutil.copyfile(FIRMWARE_DIR / name, comp / "app" / name)
+    key = _write_blob_key_header(comp / "app", defines)
     shutil.copytree(c_dir, comp / "model", ignore=shutil.ignore_patterns("*.json"))
     # the example's top-level CMakeLists points at ../components; in the copy they sit inside
     cmake = project / "CMakeLists.txt"
@@ -223,6 +226,8 @@ def build_esp32s3(export_dir: Path, out_dir: Path):
                                                "${CMAKE_CURRENT_LIST_DIR}/components"))
     notes = [f"ESP-IDF project: {project}; build and flash with `idf.py set-target esp32s3 build` and "
              "`idf.py -p PORT flash` (or edgesmith flash --image with esptool)"]
+    if key:
+        notes.append("the device verifies blob signatures (public key in components/edgesmith_fw/app/es_blob_key.h)")
     elf, image = project, None
     if shutil.which("idf.py"):
         _run(["idf.py", "set-target", "esp32s3", "build"], "idf.py build", cwd=project)
@@ -244,13 +249,32 @@ def _builder(spec: BareMetalBoard):
     return lambda export_dir, out_dir, defines: build_bare_metal(spec, Path(export_dir), Path(out_dir), defines)
 
 
+def _write_blob_key_header(app_dir: Path, defines: tuple[str, ...]) -> bool:
+    """``es_blob_key.h`` + the verifier's sources into the component's app folder when ``defines``
+    carries the public key; True if it did. Any other define is refused (the component has no
+    place for it)."""
+    from targets.build import FIRMWARE_DIR, SIGNATURE_SOURCES  # noqa: PLC0415
+
+    key = [d for d in defines if d.startswith("ES_BLOB_PUBLIC_KEY=")]
+    other = [d for d in defines if d not in key]
+    if other:
+        raise ConfigError(f"esp32s3 builds take no extra defines besides the public key, got {other}")
+    if not key:
+        return False
+    for name in SIGNATURE_SOURCES:
+        shutil.copyfile(FIRMWARE_DIR / name, app_dir / name)
+        shutil.copyfile(FIRMWARE_DIR / name.replace(".c", ".h"), app_dir / name.replace(".c", ".h"))
+    value = key[0].split("=", 1)[1]
+    (app_dir / "es_blob_key.h").write_text(
+        "/* Written by `edgesmith build --public-key`: this firmware runs only blobs signed by the\n"
+        " * matching private key (es_app.c). components/edgesmith_fw/CMakeLists.txt force-includes it. */\n"
+        "#ifndef ES_BLOB_KEY_H\n#define ES_BLOB_KEY_H\n"
+        f"#define ES_BLOB_PUBLIC_KEY {value}\n#endif\n")
+    return True
+
+
 def _esp32s3_builder(export_dir, out_dir, defines: tuple[str, ...]):
-    if defines:
-        # the component's CMakeLists lists its sources and has no place for the key yet
-        raise ConfigError("--public-key is not supported for esp32s3 builds yet: the ESP-IDF component "
-                          "does not compile the Ed25519 verifier; build without it and check signatures "
-                          "on the host (edgesmith flash --public-key KEY.pem --require-signature)")
-    return build_esp32s3(Path(export_dir), Path(out_dir))
+    return build_esp32s3(Path(export_dir), Path(out_dir), defines)
 
 
 BUILDERS = {name: _builder(spec) for name, spec in _board_table().items()}

@@ -137,10 +137,61 @@ def test_public_key_define_from_pem_raw_and_object(tmp_path):
         public_key_defines(bad)
 
 
-def test_esp32s3_build_refuses_a_public_key(tmp_path):
+# The ESP-IDF component's CMakeLists.txt, configured by the real cmake with idf_component_register
+# stubbed: the app it lists (with the host HAL instead of hal_esp32s3.c, which needs ESP-IDF) is
+# built as an executable and run on a pty.
+IDF_STUB_PROJECT = """cmake_minimum_required(VERSION 3.16)
+project(esp_component_check C)
+function(idf_component_register)
+    cmake_parse_arguments(ARG "" "" "SRCS;INCLUDE_DIRS;REQUIRES" ${ARGN})
+    list(FILTER ARG_SRCS EXCLUDE REGEX "hal_esp32s3[.]c$")
+    add_executable(esp_app_host ${ARG_SRCS} "${HOST_HAL}")
+    target_include_directories(esp_app_host PRIVATE ${ARG_INCLUDE_DIRS})
+    set(COMPONENT_LIB esp_app_host PARENT_SCOPE)
+endfunction()
+include("${COMPONENT_DIR}/CMakeLists.txt")
+"""
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is needed to configure the ESP-IDF component")
+def test_esp32s3_component_with_a_public_key_verifies_signatures(tmp_path):
+    import subprocess  # noqa: PLC0415
+
+    from targets.build import FIRMWARE_DIR  # noqa: PLC0415
+
     small_firmware()
-    with pytest.raises(ConfigError, match="not supported for esp32s3"):
-        build_firmware(WORK / "export_small", "esp32s3", tmp_path / "esp", public_key=bytes(32))
+    pem = tmp_path / "release_public.pem"
+    save_public_key(RELEASE_KEY.public_key(), pem)
+    img = build_firmware(WORK / "export_small", "esp32s3", tmp_path / "esp", public_key=pem)
+    comp = img.elf / "components" / "edgesmith_fw"
+    assert "0x" in (comp / "app" / "es_blob_key.h").read_text()
+    assert any("verifies blob signatures" in n for n in img.notes)
+    check = tmp_path / "check"
+    check.mkdir()
+    (check / "CMakeLists.txt").write_text(IDF_STUB_PROJECT)
+    build = check / "build"
+    subprocess.run(["cmake", "-S", str(check), "-B", str(build), f"-DCOMPONENT_DIR={comp}",
+                    f"-DHOST_HAL={FIRMWARE_DIR / 'hal_host.c'}"], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(build), "-j", "2"], check=True, capture_output=True)
+
+    graphs, x = small_model()
+    d = HostDevice(build / "esp_app_host", tmp_path / "flash.bin").start()
+    try:
+        assert d.command("INFO")[INFO_FLAGS_OFFSET] & 1 == 1
+        with pytest.raises(DeviceError) as err:
+            _commit(d, 0, write_blob(graphs[1]))
+        assert err.value.code == BLOB_INVALID and err.value.message.startswith("signature missing")
+        _commit(d, 0, write_blob(graphs[1], signing_key=RELEASE_KEY))
+        d.reboot()
+        d.command("CONFIRM")
+        assert _output(d) == expected(graphs[1], x)
+    finally:
+        d.stop()
+
+    # without a key the component compiles no verifier and requires nothing
+    plain = build_firmware(WORK / "export_small", "esp32s3", tmp_path / "esp_plain")
+    assert not (plain.elf / "components" / "edgesmith_fw" / "app" / "es_blob_key.h").exists()
+    assert not (plain.elf / "components" / "edgesmith_fw" / "app" / "es_ed25519.c").exists()
 
 
 def test_commit_digest_check_still_precedes_signature_check(device):
