@@ -16,7 +16,7 @@ Boards (one entry each in ``BUILDERS``; see :mod:`targets.fw_boards` for the MCU
 
 ``public_key`` (an Ed25519 public key: PEM or 32-byte raw file, ``cryptography`` object or 32
 raw bytes) compiles the key into the firmware as ``ES_BLOB_PUBLIC_KEY``; that firmware then
-runs only weight blobs signed with the matching private key (``targets/firmware/es_app.c``).
+runs only weight blobs signed with the matching private key (``targets/firmware/es_app_update.c``).
 For ``esp32s3`` the key is written into the ESP-IDF component as ``app/es_blob_key.h``.
 """
 from __future__ import annotations
@@ -35,7 +35,8 @@ FIRMWARE_DIR = Path(__file__).resolve().parent / "firmware"
 #: command frames the host build takes (INFO's max payload; protocol.md, Clarifications): a pty
 #: moves a 1 KiB frame faster than the host can prepare one, so bursts of bigger WRITEs do better
 HOST_MAX_COMMAND_PAYLOAD = 16384
-APP_SOURCES = ("es_app.c", "es_app_detect.c", "es_proto.c", "es_reply.c", "es_slots.c", "es_sha256.c")
+APP_SOURCES = ("es_app.c", "es_app_update.c", "es_app_detect.c", "es_proto.c", "es_reply.c", "es_slots.c",
+               "es_sha256.c")
 #: added to the app when a public key is compiled in (the Ed25519 verifier)
 SIGNATURE_SOURCES = ("es_ed25519.c", "es_sha512.c")
 #: warnings are errors in the app (small enough to keep clean on every compiler); the model and

@@ -267,7 +267,7 @@ def _write_blob_key_header(app_dir: Path, defines: tuple[str, ...]) -> bool:
     value = key[0].split("=", 1)[1]
     (app_dir / "es_blob_key.h").write_text(
         "/* Written by `edgesmith build --public-key`: this firmware runs only blobs signed by the\n"
-        " * matching private key (es_app.c). components/edgesmith_fw/CMakeLists.txt force-includes it. */\n"
+        " * matching private key (es_app_update.c). components/edgesmith_fw/CMakeLists.txt force-includes it. */\n"
         "#ifndef ES_BLOB_KEY_H\n#define ES_BLOB_KEY_H\n"
         f"#define ES_BLOB_PUBLIC_KEY {value}\n#endif\n")
     return True

@@ -131,7 +131,7 @@ def test_detector_sources_and_app_warning_free(det, tmp_path, name, cmd):
         pytest.skip(f"{cmd[0]} is not installed")
     emit_c(det.graph, tmp_path, detection=det.postprocess)
     sources = [tmp_path / "es_detect.c", tmp_path / "model.c", FIRMWARE_DIR / "es_app.c",
-               FIRMWARE_DIR / "es_app_detect.c"]
+               FIRMWARE_DIR / "es_app_update.c", FIRMWARE_DIR / "es_app_detect.c"]
     for src in sources:
         proc = subprocess.run(cmd + STRICT + ["-I", str(tmp_path), "-I", str(FIRMWARE_DIR), "-c", str(src),
                                               "-o", str(tmp_path / (src.stem + ".o"))], capture_output=True, text=True)

@@ -1,7 +1,8 @@
 """Firmware built with a release public key (targets/build.py ``public_key``) runs only signed blobs.
 
 The device is the real host build of the C firmware on a pty (hal_host.c, es_app.c,
-es_ed25519.c); blobs come from firmware_export.blob.write_blob, signed by ``cryptography``.
+es_app_update.c, es_ed25519.c); blobs come from firmware_export.blob.write_blob, signed by
+``cryptography``.
 Checks COMMIT (signed accepted; unsigned and wrongly signed refused while the old weights keep
 running), the boot path (a slot whose signature was corrupted in the flash file is not booted),
 the INFO flag, and the build-side key handling.
