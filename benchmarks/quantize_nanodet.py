@@ -8,7 +8,12 @@ with the float post-processing of ``edgesmith eval``, on
 * ``train``: the images the model was trained and calibrated on (larger, so the INT8-vs-FP32 gap
   is measured with less noise; QAT also fine-tunes on these, so it flatters QAT a little).
 
-Also measured: percentile PTQ with the stem (first conv + activation + max-pool) kept in float.
+Every INT8 variant fuses LeakyReLU into the conv before it (``edgesmith quantize``'s default);
+``int8-percentile-unfused`` (``--no-fuse-leaky-relu``) shows what quantizing each conv output before
+its LeakyReLU costs. For the held-out split a paired bootstrap over images (the same resampled
+images for FP32 and the variant, ``--bootstrap`` draws) gives a 95% interval of the mAP@.5 change:
+with ~80 images one raccoon more or less moves mAP@.5 by several points, so the interval says how
+much of a difference the split can resolve.
 Goal (issue #3): INT8 mAP@.5 within 1 pp of FP32.
 
     python benchmarks/quantize_nanodet.py --run runs/nanodet-m05 --qat-epochs 4
@@ -22,30 +27,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgesmith.detection import evaluate_detection_onnx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from edgesmith.detection import predict_detection_onnx  # noqa: E402
 from edgesmith.quantization import variant_path  # noqa: E402
+from trainer.detection.evaluate import score_predictions  # noqa: E402
 from variant_runs import write_variants  # noqa: E402
 
-METHODS = ("minmax", "percentile", "mse")
+METHODS = ("minmax", "percentile", "entropy", "mse")
 SPLITS = ("val", "train")
-
-
-def stem_nodes(run: Path) -> list[str]:
-    """The NanoDet stem (first conv, its activation, max-pool): the layers INT8 hurts most."""
-    import onnx  # noqa: PLC0415
-
-    return [n.name for n in onnx.load(str(run / "model.onnx")).graph.node if n.name.startswith("/backbone/stem/")]
 
 
 def make_variants(run: Path, calib_size: int, qat_epochs: int, qat_lr: float, qat_method: str,
                   skip_existing: bool) -> tuple[list[str], dict[str, float]]:
     variants = [(f"int8-{m}", dict(method=m)) for m in METHODS]
-    # mixed precision: everything INT8 but the stem (3 nodes)
-    variants.append(("int8-percentile-stem-fp32", dict(method="percentile", keep_float=stem_nodes(run))))
+    variants.append(("int8-percentile-unfused", dict(method="percentile", fuse_leaky_relu=False)))
     if qat_epochs:
         variants.append(("int8-qat", dict(qat=True, int8=False, epochs=qat_epochs, qat_lr=qat_lr, method=qat_method)))
     timings = write_variants(run, variants, calib_size, skip_existing)
     return ["fp32"] + [v for v, _ in variants], timings
+
+
+def bootstrap_map50(preds: list, samples: list, classes: list[str], draws: np.ndarray) -> np.ndarray:
+    """mAP@.5 on each resampled image set (rows of ``draws``: image indices drawn with replacement)."""
+    return np.array([score_predictions([preds[i] for i in d], [samples[i] for i in d], classes)["map50"]
+                     for d in draws])
 
 
 def main() -> int:
@@ -56,6 +62,7 @@ def main() -> int:
     ap.add_argument("--qat-lr", type=float, default=1e-4)
     ap.add_argument("--qat-method", default="percentile", help="calibrator for QAT's starting ranges")
     ap.add_argument("--skip-existing", action="store_true", help="reuse variants already in the run")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap draws over held-out images")
     ap.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     args = ap.parse_args()
     run = Path(args.run)
@@ -64,23 +71,32 @@ def main() -> int:
     print(f"{run}: {model['name']} x{model['width_mult']}", flush=True)
     names, timings = make_variants(run, args.calib_size, args.qat_epochs, args.qat_lr, args.qat_method,
                                    args.skip_existing)
-    rows = []
+    rows, preds = [], {}
     for name in names:
         path = variant_path(run, name)
         row = {"variant": name, "bytes": path.stat().st_size, "quantize_s": round(timings.get(name, 0.0), 1)}
         for split in SPLITS:
-            m = evaluate_detection_onnx(run, path, split=split).metrics
-            row[split] = {"map50": m["map50"], "map": m["map"], "images": m["num_images"]}
+            p, samples, classes, _ = predict_detection_onnx(run, path, split=split)
+            m = score_predictions(p, samples, classes)
+            row[split] = {"map50": m["map50"], "map": m["map"], "images": len(samples)}
+            preds[name, split] = (p, samples, classes)
         rows.append(row)
         print(f"  evaluated {name}", flush=True)
+    draws = np.random.default_rng(0).integers(0, rows[0]["val"]["images"], (args.bootstrap, rows[0]["val"]["images"]))
+    fp32_draws = bootstrap_map50(*preds["fp32", "val"], draws)
+    for row in rows[1:]:
+        diff = bootstrap_map50(*preds[row["variant"], "val"], draws) - fp32_draws
+        row["val"]["diff_ci95_pp"] = [float(np.percentile(diff, q)) * 100 for q in (2.5, 97.5)]
     print()
     head = "".join(f" {s + ' mAP@.5':>14} {'vs FP32':>9} {s + ' mAP':>10}" for s in SPLITS)
-    print(f"{'variant':<26}{head} {'KiB':>8} {'quantize s':>10}")
+    print(f"{'variant':<24}{head} {'val change, 95% CI':>20} {'KiB':>7} {'quantize s':>10}")
     fp32 = rows[0]
     for r in rows:
         cells = "".join(f" {r[s]['map50']:14.4f} {(r[s]['map50'] - fp32[s]['map50']) * 100:+8.2f}pp {r[s]['map']:10.4f}"
                         for s in SPLITS)
-        print(f"{r['variant']:<26}{cells} {r['bytes'] / 1024:8.1f} {r['quantize_s']:10.1f}")
+        ci = r["val"].get("diff_ci95_pp")
+        ci_cell = f"[{ci[0]:+.2f}, {ci[1]:+.2f}] pp" if ci else ""
+        print(f"{r['variant']:<24}{cells} {ci_cell:>20} {r['bytes'] / 1024:7.1f} {r['quantize_s']:10.1f}")
     print("images: " + ", ".join(f"{s} {fp32[s]['images']}" for s in SPLITS) + "; goal: INT8 mAP@.5 within 1 pp of FP32")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

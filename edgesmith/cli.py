@@ -88,6 +88,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="activation range calibration (default minmax)")
     q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
     q.add_argument("--keep-float", nargs="+", default=[], metavar="NODE", help="ONNX node names left in float")
+    q.add_argument("--no-fuse-leaky-relu", dest="fuse_leaky_relu", action="store_false",
+                   help="quantize each conv output before its LeakyReLU (for converters without a fused "
+                        "LeakyReLU, e.g. to TFLite); default: fused, one int8 rounding per conv")
     q.add_argument("--name", help="variant name (default int8 / int8-qat): writes variants/NAME.onnx")
     q.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/variants or next to the model)")
     q.add_argument("--seed", type=int, default=0, help="seed for the calibration sample and QAT")
@@ -327,8 +330,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     req = QuantizeRequest(target=args.target, int8=args.int8 or not (args.fp16 or args.qat), fp16=args.fp16,
                           qat=args.qat, epochs=args.epochs, qat_lr=args.qat_lr, calib_data=args.calib_data,
                           calib_size=args.calib_size, method=args.method, per_tensor=args.per_tensor,
-                          keep_float=args.keep_float, name=args.name, out=args.out,
-                          spec=_preprocess_spec(args), seed=args.seed)
+                          keep_float=args.keep_float, fuse_leaky_relu=args.fuse_leaky_relu, name=args.name,
+                          out=args.out, spec=_preprocess_spec(args), seed=args.seed)
     quantize(req)
     return 0
 

@@ -135,9 +135,25 @@ def evaluate_detection_onnx(run_dir: str | Path, onnx_path: str | Path, *, data:
     The network runs in onnxruntime (INT8 / FP16 as the file says); post-processing stays in float,
     exactly as for the run's PyTorch evaluation.
     """
+    from trainer.detection.evaluate import score_predictions  # noqa: PLC0415
+
+    preds, samples, classes, source = predict_detection_onnx(run_dir, onnx_path, data=data, split=split,
+                                                             batch_size=batch_size)
+    metrics = score_predictions(preds, samples, classes)
+    metrics["num_images"] = len(samples)
+    return DetectionEvalReport(metrics, classes, f"{onnx_path} (onnxruntime)", source)
+
+
+def predict_detection_onnx(run_dir: str | Path, onnx_path: str | Path, *, data: str | None = None,
+                           split: str = "val", batch_size: int = 16) -> tuple[list, list, list[str], str]:
+    """Per-image detections of an ONNX file of a detector run on one split, in onnxruntime.
+
+    Returns (predictions, ground-truth samples, class names, data description); score any subset
+    with ``trainer.detection.evaluate.score_predictions`` (e.g. a paired bootstrap over images).
+    """
     import onnxruntime as ort  # noqa: PLC0415
 
-    from trainer.detection.evaluate import predict_split, score_predictions  # noqa: PLC0415
+    from trainer.detection.evaluate import predict_split  # noqa: PLC0415
 
     ckpt = load_checkpoint(run_dir, load_optimizer=False)
     st = ckpt.train_state
@@ -152,9 +168,7 @@ def evaluate_detection_onnx(run_dir: str | Path, onnx_path: str | Path, *, data:
 
     preds, samples = predict_split(torch.nn.Identity(), getattr(ds, split), _run_params(ckpt), st["preprocessing"],
                                    torch.device("cpu"), batch_size, run=run)
-    metrics = score_predictions(preds, samples, list(ds.classes))
-    metrics["num_images"] = len(samples)
-    return DetectionEvalReport(metrics, list(ds.classes), f"{onnx_path} (onnxruntime)", f"{ds.source} [{split}]")
+    return preds, samples, list(ds.classes), f"{ds.source} [{split}]"
 
 
 def calibration_images(run_dir: str | Path, n: int) -> tuple[np.ndarray, str]:

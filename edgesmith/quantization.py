@@ -48,6 +48,7 @@ class QuantizeRequest:
     method: str = "minmax"
     per_tensor: bool = False
     keep_float: Sequence[str] = ()
+    fuse_leaky_relu: bool = True
     name: str | None = None
     out: str | None = None
     spec: PreprocessSpec | None = None  # user models; a run's comes from its checkpoint
@@ -157,7 +158,7 @@ def quantize(req: QuantizeRequest, log: Callable[[str], None] = print) -> dict:
             name = req.name or "int8"
             result = quantize_int8(src.fp32, src.out_dir / f"{name}.onnx", feeds, method=req.method,
                                    per_channel=not req.per_tensor, keep_float=req.keep_float,
-                                   calibration_images=calib.num_images)
+                                   calibration_images=calib.num_images, fuse_leaky_relu=req.fuse_leaky_relu)
             info = result.to_dict()
         report = sensitivity_report(src.fp32, info["path"], feeds)
         reports = (src.run_dir or src.out_dir) / REPORTS_DIR
@@ -206,7 +207,8 @@ def _run_qat(src: _Source, req: QuantizeRequest, feeds, out: Path, log) -> dict:
                                crop_padding=int(aug.get("crop_padding", 4)), flip=bool(aug.get("flip", True)))
         task = ClassifierQatTask(ds.train, ds.image_size, src.spec.mean, src.spec.std, settings, device)
     result = qat_to_qdq(model, src.fp32, out, task=task, feeds=feeds, settings=settings,
-                        per_channel=not req.per_tensor, device=device, log=log)
+                        per_channel=not req.per_tensor, fuse_leaky_relu=req.fuse_leaky_relu, device=device,
+                        log=log)
     return result.to_dict()
 
 

@@ -35,6 +35,11 @@ class NodeError(Exception):
     """One problem with the ONNX node being converted; the importer adds the node name and type."""
 
 
+class FeedsUnsupportedOp(NodeError):
+    """The node's float output feeds an op the importer reports on its own (no kernel for it):
+    the node is skipped without a second, consequential problem."""
+
+
 @dataclasses.dataclass
 class Act:
     """An int8 activation: IntGraph tensor ``tensor`` holds ``onnx_value.transpose(layout)``.

@@ -35,7 +35,7 @@ from firmware_export import onnx_layout as L
 from firmware_export.intgraph import IntGraph
 from firmware_export.onnx_fold import fold_and_infer
 from firmware_export.onnx_graph import (
-    Act, GraphBuilder, NodeError, OnnxImport, OutSpec, QConst, TensorBinding, node_attr,
+    Act, FeedsUnsupportedOp, GraphBuilder, NodeError, OnnxImport, OutSpec, QConst, TensorBinding, node_attr,
 )
 
 __all__ = ["OnnxImport", "TensorBinding", "import_qdq_onnx", "read_qdq_onnx"]
@@ -136,14 +136,14 @@ class _Importer(GraphBuilder):
         from firmware_export.onnx_ops import CONVERTERS, STANDALONE
 
         inputs = self._bind_inputs()
+        unsupported: dict[str, list[str]] = {}  # op type -> node names: one problem per op type
         for node in self.nodes:
             if id(node) in self.consumed:
                 continue
             op = node.op_type
-            supported = node.domain in ("", "ai.onnx") and (
-                op in CONVERTERS or op in STANDALONE or op in ("QuantizeLinear", "DequantizeLinear"))
-            if not supported:
-                self.report(node, _unsupported_message(node, CONVERTERS))
+            if not self._supported(node):
+                unsupported.setdefault(_op_kind(node), []).append(node.name or "<unnamed>")
+                self.poison(node.output)  # what reads it is skipped, not reported a second time
                 continue
             if any(i in self.poisoned for i in node.input):
                 self.poison(node.output)
@@ -161,15 +161,18 @@ class _Importer(GraphBuilder):
                     chain = spec.nodes
                     (STANDALONE.get(op) or CONVERTERS[op])(self, node, spec)
             except NodeError as exc:
-                self.report(node, str(exc))
+                if not isinstance(exc, FeedsUnsupportedOp):
+                    self.report(node, str(exc))
                 for n in chain:
                     self.poison(n.output)
+        self.problems[:0] = [_unsupported_message(kind, names) for kind, names in unsupported.items()]
         outputs = self._bind_outputs()
         if self.problems:
             count = len(self.problems)
             raise ExportError(
                 f"cannot import QDQ ONNX model {self.name!r} for firmware export: {count} problem"
-                f"{'s' if count > 1 else ''}:\n  - " + "\n  - ".join(self.problems))
+                f"{'s' if count > 1 else ''}:\n  - " + "\n  - ".join(self.problems)
+                + (f"\n{_unsupported_advice(CONVERTERS)}" if unsupported else ""))
         graph = self.build([b.tensor for b in inputs], [b.tensor for b in outputs])
         return OnnxImport(graph=graph, inputs=inputs, outputs=outputs, opset=self.opset)
 
@@ -189,6 +192,14 @@ class _Importer(GraphBuilder):
             self.dq_alias[y] = self.dq_alias[x]
             return True
         return False
+
+    def _supported(self, node: onnx.NodeProto) -> bool:
+        """Whether the importer has a converter (or Q/DQ handling) for ``node``'s op type."""
+        from firmware_export.onnx_ops import CONVERTERS, STANDALONE
+
+        op = node.op_type
+        return node.domain in ("", "ai.onnx") and (
+            op in CONVERTERS or op in STANDALONE or op in ("QuantizeLinear", "DequantizeLinear"))
 
     def report(self, node: onnx.NodeProto, message: str) -> None:
         self.problems.append(f"node {node.name or '<unnamed>'!r} ({node.op_type}): {message}")
@@ -389,6 +400,8 @@ class _Importer(GraphBuilder):
                 chain.append(nxt)
                 cur = nxt.output[0]
                 nxt = self._single_user(nxt, cur)
+            if nxt.op_type != "QuantizeLinear" and not self._supported(nxt):
+                raise FeedsUnsupportedOp(nxt.name)
             if nxt.op_type != "QuantizeLinear":
                 raise NodeError(f"its output {cur!r} feeds {nxt.op_type} node {nxt.name!r} in float; "
                                 f"every op must end in QuantizeLinear (--keep-float is not supported "
@@ -468,9 +481,18 @@ class _Importer(GraphBuilder):
         return True
 
 
-def _unsupported_message(node: onnx.NodeProto, converters) -> str:
-    kind = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+def _op_kind(node: onnx.NodeProto) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
+def _unsupported_message(kind: str, names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    where = f"node {shown} ({kind})" if len(names) == 1 else f"{len(names)} nodes ({kind}: {shown})"
+    return f"{where}: op type {kind} has no integer kernel in firmware export"
+
+
+def _unsupported_advice(converters) -> str:
     known = ", ".join(sorted(set(converters) | {"Relu", "Clip", "QuantizeLinear", "DequantizeLinear"}))
-    return (f"op type {kind} has no integer kernel in firmware export (supported: {known}); replace it "
-            f"in the model and re-export (e.g. GELU -> ReLU), or deploy this model to a Linux target "
-            f"that runs onnxruntime")
+    return (f"firmware export has integer kernels for: {known}. Replace the other ops in the model and "
+            f"re-export (e.g. GELU -> ReLU; for a detector, train model nanodet-mcu), or deploy "
+            f"this model to a Linux target that runs onnxruntime")

@@ -290,7 +290,7 @@ def _train(gm: fx.GraphModule, task: QatTask, s: QatSettings, device: torch.devi
 # ----------------------------------------------------------------------------- the whole flow
 def qat_to_qdq(model: nn.Module, fp32_path: str | Path, out_path: str | Path, *, task: QatTask,
                feeds: Sequence[dict[str, np.ndarray]], settings: QatSettings = QatSettings(), per_channel: bool = True,
-               device: torch.device = torch.device("cpu"), log: Callable[[str], None] = print) -> QatResult:
+               fuse_leaky_relu: bool = True, device: torch.device = torch.device("cpu"), log: Callable[[str], None] = print) -> QatResult:
     """Fine-tune ``model`` (float, the weights behind ``fp32_path``) with fake quantization on ``task``
     (:class:`ClassifierQatTask`, :class:`quantize.qat_detection.DetectorQatTask`); write QDQ at ``out_path``."""
     if not per_channel:
@@ -299,7 +299,8 @@ def qat_to_qdq(model: nn.Module, fp32_path: str | Path, out_path: str | Path, *,
     with tempfile.TemporaryDirectory(prefix="edgesmith-qat-") as tmp:
         tmp = Path(tmp)
         pre = onnx.load(str(preprocess_model(fp32_path, tmp / "pre.onnx")))
-        ptq = quantize_int8(fp32_path, tmp / "ptq.onnx", feeds, method="minmax")
+        # its QuantizeLinear nodes are the fake-quantization points (none between a conv and a fused LeakyReLU)
+        ptq = quantize_int8(fp32_path, tmp / "ptq.onnx", feeds, method="minmax", fuse_leaky_relu=fuse_leaky_relu)
         points = [p[0] for p in quant_points(onnx.load(str(ptq.path)))]
         calibrated = compute_ranges(tmp / "pre.onnx", feeds, settings.init_method)
         ranges = {k: tuple(float(np.asarray(v).reshape(-1)[0]) for v in td.range_value) for k, td in calibrated.data.items()}
@@ -323,7 +324,8 @@ def qat_to_qdq(model: nn.Module, fp32_path: str | Path, out_path: str | Path, *,
         learned = {p: modules[name].range() for p, name in matched.items()}
         data = TensorsData(CalibrationMethod.MinMax, {k: (np.float32(lo), np.float32(hi)) for k, (lo, hi) in learned.items()})
         result = quantize_int8(qat_fp32, out_path, feeds, method="minmax", ranges=data,
-                               calibration_images=sum(len(next(iter(f.values()))) for f in feeds))
+                               calibration_images=sum(len(next(iter(f.values()))) for f in feeds),
+                               fuse_leaky_relu=fuse_leaky_relu)
     result.notes.append(f"QAT {settings.epochs} epoch(s), lr {settings.lr}")
     return QatResult(result, settings.epochs, time.perf_counter() - t0, len(matched), len(points), history, gm)
 
