@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import secrets
+import select
 import struct
 import time
+import typing
 from typing import Any, Callable
 
 from targets.protocol import (COMMAND_ATTEMPTS, CRC_SIZE, HEADER_SIZE, LONG_TIMEOUTS_S, MAX_DETECTIONS_PER_FRAME,
@@ -22,6 +25,8 @@ from targets.protocol import (COMMAND_ATTEMPTS, CRC_SIZE, HEADER_SIZE, LONG_TIME
 
 #: how often the reader wakes up to expire a half-received frame
 _POLL_S = 0.02
+#: WRITE payload header: slot u8, offset u32 (then the data)
+_WRITE_HEAD = struct.Struct("<BI")
 _SEQ_COLLISION = "an answer to another command with this seq (stored response of an earlier session)"
 
 
@@ -37,6 +42,13 @@ class LinkCounters:
     stale_frames: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+
+
+class EncodedFrames(typing.NamedTuple):
+    """Frames encoded for sending (:meth:`Device.encode_writes`): their seqs and bytes."""
+
+    seqs: list[int]
+    data: bytes
 
 
 # ---------------------------------------------------------------- client
@@ -77,6 +89,7 @@ class Device:
         # real serial port, changing the timeout reconfigures the UART)
         if getattr(port, "timeout", _POLL_S) != _POLL_S:
             port.timeout = _POLL_S
+        self._fd = _nonblocking_fd(port)
 
     @classmethod
     def open(cls, url: str, baud: int = 115200, **kwargs: Any) -> "Device":
@@ -107,15 +120,55 @@ class Device:
 
     # ---- transport
 
-    def _send(self, frame: bytes) -> None:
-        try:
-            # no flush(): on a pty tcdrain() waits until the firmware has read the frame, which
-            # would serialise pipelined WRITEs; the kernel sends queued bytes anyway
-            self.port.write(frame)
-        except Exception as e:  # pyserial raises SerialException / OSError subclasses
-            raise DeviceConnectionError(f"cannot write to the device port: {e}; check the cable or "
-                                        f"that the emulator is still running") from None
-        self.counters.bytes_sent += len(frame)
+    def _send(self, data: bytes, while_full: Callable[[], None] | None = None) -> None:
+        """Write ``data`` to the port, all of it. A pyserial port on a non-blocking descriptor (a
+        tty or pty, ``socket://``) is written with os.write from a memoryview: pyserial copies
+        the unsent rest after each partial write, and a pty takes ~4 KB at a time. There
+        ``while_full`` runs once, the first time the port takes no more: the flasher encodes
+        its next frame then, instead of after this write, when the device may have read all
+        that the port held and be waiting."""
+        if self._fd is not None:
+            self._write_fd(memoryview(data), while_full)
+        else:
+            try:
+                # no flush(): on a pty tcdrain() waits until the firmware has read the frame,
+                # which would serialise pipelined WRITEs; the kernel sends queued bytes anyway
+                self.port.write(data)
+            except Exception as e:  # pyserial raises SerialException / OSError subclasses
+                raise DeviceConnectionError(f"cannot write to the device port: {e}; check the cable or "
+                                            f"that the emulator is still running") from None
+        self.counters.bytes_sent += len(data)
+
+    def _write_fd(self, view: memoryview, while_full: Callable[[], None] | None) -> None:
+        """pyserial's write loop without its copies: write what the port takes, then run
+        ``while_full`` once or wait (``select``) until it takes more, up to its write_timeout."""
+        timeout = getattr(self.port, "write_timeout", None)
+        while True:
+            try:
+                view = view[os.write(self._fd, view):]
+            except BlockingIOError:
+                pass  # full: nothing taken
+            except (OSError, ValueError) as e:
+                raise DeviceConnectionError(f"cannot write to the device port: {e}; check the cable or "
+                                            f"that the emulator is still running") from None
+            if not view:
+                return
+            if while_full is not None:
+                work, while_full = while_full, None
+                work()  # the caller's work while the device reads; then try again, it may have room
+                continue
+            try:
+                writable = select.select([], [self._fd], [], timeout)[1]
+            except (OSError, ValueError) as e:
+                raise DeviceConnectionError(f"the device port went away: {e}") from None
+            if not writable:
+                raise DeviceConnectionError(f"the device port took no bytes for {timeout} s; check the "
+                                            f"cable or that the firmware is still running")
+
+    def send_bytes(self, data: bytes) -> None:
+        """Write ``data`` as it is, through the same path as frames (:func:`targets.raw_link.
+        raw_link` sends its junk this way)."""
+        self._send(data)
 
     def _read_some(self) -> bytes:
         try:
@@ -194,17 +247,37 @@ class Device:
         a system call and a wake-up of the reader per frame (on a pty that is most of the cost
         of a 1 KiB frame). No retries, as :meth:`send`. ``max_payload``: up to the device's INFO
         max payload (bigger command frames on fast links)."""
-        code = int(cmd)
+        return self.send_encoded(self._encode(int(cmd), [(b"", p) for p in payloads], max_payload))
+
+    def encode_writes(self, slot: int, chunks: list[tuple[int, bytes]],
+                      max_payload: int = MAX_PAYLOAD) -> EncodedFrames:
+        """WRITE frames, one per ``(offset, data)`` chunk, with the next seqs, ready for
+        :meth:`send_encoded` (frames must go out in the order they were encoded). ``data`` (a
+        memoryview slice of the blob) is copied once, straight into its frame."""
+        return self._encode(int(Cmd.WRITE), [(_WRITE_HEAD.pack(slot, off), data) for off, data in chunks],
+                            max_payload)
+
+    def send_encoded(self, frames: EncodedFrames, while_full: Callable[[], None] | None = None) -> list[int]:
+        """Send frames from :meth:`encode_writes` in ONE port write, without waiting for
+        answers; returns their seqs for :meth:`receive`. ``while_full``: see :meth:`_send`."""
+        self.counters.commands += len(frames.seqs)
+        self._send(frames.data, while_full)
+        return frames.seqs
+
+    def send_writes(self, slot: int, chunks: list[tuple[int, bytes]], max_payload: int = MAX_PAYLOAD) -> list[int]:
+        """:meth:`send_many` for WRITE: :meth:`encode_writes`, then :meth:`send_encoded`."""
+        return self.send_encoded(self.encode_writes(slot, chunks, max_payload))
+
+    def _encode(self, code: int, parts: list[tuple[bytes, bytes]], max_payload: int) -> EncodedFrames:
+        """One frame per (payload prefix, payload) with consecutive seqs, joined."""
         seq = self._seq
         seqs, frames = [], []
-        for payload in payloads:
+        for prefix, payload in parts:
             seqs.append(seq)
-            frames.append(encode_frame(code, seq, payload, max_payload))
+            frames.append(encode_frame(code, seq, payload, max_payload, prefix=prefix))
             seq = (seq + 1) & 0xFF
         self._seq = seq
-        self.counters.commands += len(frames)
-        self._send(b"".join(frames))
-        return seqs
+        return EncodedFrames(seqs, frames[0] if len(frames) == 1 else b"".join(frames))
 
     def receive(self, cmd: Cmd | int, seq: int, payload_len: int = MAX_PAYLOAD) -> bytes:
         """The OK payload answering :meth:`send`'s ``seq``: one wait, then
@@ -276,7 +349,7 @@ class Device:
         """WRITE ``data`` at ``offset``; returns the device's next expected offset."""
         if not 1 <= len(data) <= MAX_WRITE_DATA:
             raise DeviceError(f"WRITE carries 1..{MAX_WRITE_DATA} bytes, got {len(data)}")
-        answer = self.command(Cmd.WRITE, struct.pack("<BI", slot, offset) + bytes(data))
+        answer = self.command(Cmd.WRITE, _WRITE_HEAD.pack(slot, offset) + bytes(data))
         return _u32(answer, "WRITE")
 
     def verify(self, slot: int, length: int) -> bytes:
@@ -376,6 +449,22 @@ def _u32(payload: bytes, what: str) -> int:
     if len(payload) != 4:
         raise DeviceError(f"{what} answer is {len(payload)} bytes, expected a u32")
     return struct.unpack("<I", payload)[0]
+
+
+def _nonblocking_fd(port: Any) -> int | None:
+    """The descriptor of a pyserial port whose writes never block (posix ttys and ptys,
+    ``socket://``), for :meth:`Device._write_fd`; None for anything else (other ports, fakes)."""
+    try:
+        import serial  # noqa: PLC0415 - pyserial is only needed when a port is used
+    except ImportError:
+        return None
+    if not isinstance(port, serial.SerialBase):
+        return None
+    try:
+        fd = port.fileno()
+        return fd if isinstance(fd, int) and not os.get_blocking(fd) else None
+    except (AttributeError, OSError, ValueError, serial.SerialException):
+        return None
 
 
 def open_port(url: str, baud: int = 115200) -> Any:

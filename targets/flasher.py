@@ -28,10 +28,12 @@ import struct
 import time
 from typing import Any, Callable
 
-from targets.client import Device
-from targets.protocol import (COMPILED_IN_SLOT, WRITE_HEADER_SIZE, Cmd, DeviceCommandError,
-                              DeviceConnectionError, DeviceError, DeviceInfo, DeviceTimeoutError,
-                              ErrCode, SlotState)
+from targets.client import Device, EncodedFrames
+from targets.protocol import (COMPILED_IN_SLOT, CRC_SIZE, HEADER_SIZE, WRITE_HEADER_SIZE, Cmd,
+                              DeviceCommandError, DeviceConnectionError, DeviceError, DeviceInfo,
+                              DeviceTimeoutError, ErrCode, SlotState)
+# the raw-link measurement has its own module; measure_raw_link stays importable from here
+from targets.raw_link import BURST_WRITE_BYTES, RawLink, measure_raw_link, raw_link  # noqa: F401
 
 #: WRITE chunk sizes, largest first: multiples of 32 bytes (STM32H7 flash words; protocol.md)
 CHUNK_SIZES = (992, 256, 64, 32)
@@ -41,11 +43,10 @@ FLASH_WORD = 32
 #: WRITE frames in flight on links with flow control (ptys, sockets to QEMU or a proxy): the
 #: device processes them in order, a lost one makes the rest ERR BAD_OFFSET and the flash goes
 #: back to the last acknowledged offset. Real UARTs get 1: a polled UART without flow control
-#: cannot buffer the next frame while the device programs flash. 32 frames (refilled 16 at a
-#: time, see _write_window) is more than a Linux pty buffers (~20 KB), so on a pty the host
-#: sleeps in its write like the raw-link measurement does, instead of waking per answer
-#: (20 alternating full flashes on a loaded 2-core host, medians: window 8 31 MiB/s, 16 39 MiB/s,
-#: 32 47 MiB/s).
+#: cannot buffer the next frame while the device programs flash. 32 frames is more than a Linux
+#: pty buffers (~12 KB), so on a pty the host sleeps in its write like the raw-link measurement
+#: does, instead of waking per answer (992-byte frames go out 16 at a time, 16 KiB frames one at
+#: a time, see _write_window).
 WINDOW_FLOW_CONTROLLED = 32
 #: consecutive successful WRITEs before the chunk grows back one step
 GROW_AFTER_SUCCESSES = 16
@@ -61,12 +62,6 @@ REBOOT_ATTEMPTS = 3
 #: rounds of COMMAND_ATTEMPTS tries for the read-only steps (INFO, VERIFY, smoke INFER): a noisy
 #: link can lose all tries of one round for a long answer such as INFO's 168 bytes
 READ_ROUNDS = 3
-#: measure_raw_link: how long the INFO behind the junk bytes may take
-RAW_LINK_TIMEOUT_S = 120.0
-#: measure_raw_link: junk goes out in port writes of this size, the size of the flasher's WRITE
-#: bursts (half of WINDOW_FLOW_CONTROLLED frames). One write of all of it would understate the
-#: link: pyserial copies the unsent rest after every partial write (quadratic in the size)
-RAW_LINK_WRITE_BYTES = 16 * 1024
 
 
 class FlashError(DeviceError):
@@ -287,10 +282,6 @@ def _flow_controlled(url: str) -> bool:
     return os.path.realpath(url).startswith("/dev/pts/")
 
 
-#: WRITE payload header: slot u8, offset u32
-_WRITE_HEAD = struct.Struct("<BI")
-
-
 def burst_chunk(info: DeviceInfo) -> int:
     """WRITE data per frame in bursts: what the device's INFO max payload allows (a multiple of 32,
     at most MAX_BURST_CHUNK), never less than the protocol's 992."""
@@ -300,28 +291,53 @@ def burst_chunk(info: DeviceInfo) -> int:
 
 def _write_window(device: Device, slot: int, view: memoryview, offset: int, window: int,
                   size: int = CHUNK_SIZES[0]) -> tuple[int, bool]:
-    """Pipelined WRITEs of the largest chunk, up to ``window`` in flight, from ``offset``; returns
-    (the device's last acknowledged next offset, whether everything went through). Stops at the
-    first fault; the caller continues stop-and-wait from the returned offset.
+    """Pipelined WRITEs of ``size``-byte chunks, up to ``window`` in flight, from ``offset``;
+    returns (the device's last acknowledged next offset, whether everything went through).
+    Stops at the first fault; the caller continues stop-and-wait from the returned offset.
 
-    Frames go out in bursts: once half the window is acknowledged, the free half is sent in one
-    port write (:meth:`Device.send_many`), so the link sees a few large writes instead of one
-    small write per frame, while half a window stays queued at the device."""
-    refill_at = max(1, window // 2)
-    acked = sent = offset
+    Frames go out in port writes of about ``BURST_WRITE_BYTES`` (:meth:`Device.send_encoded`):
+    sixteen 992-byte frames per write, or one 16 KiB frame, as soon as the window has room (for
+    small frames: once half the window is acknowledged). A pty buffers only ~12 KB, which the
+    device reads faster than the host encodes a 16 KiB frame (CRC32 and a copy): the device
+    ran dry and slept whenever the host encoded between two writes. So the next burst is
+    encoded while the port is full (``while_full``) and goes out the moment the write before
+    it is done. It is encoded for the room the window has then, and acknowledgements only add
+    room, so it always fits when it goes out."""
+    frame_bytes = HEADER_SIZE + WRITE_HEADER_SIZE + size + CRC_SIZE
+    per_write = max(1, min(BURST_WRITE_BYTES // frame_bytes, window))
+    refill_at = max(1, min(window // 2, per_write))
+    max_payload = WRITE_HEADER_SIZE + size
+    acked = encoded = offset
     inflight: collections.deque[int] = collections.deque()
+    ahead: EncodedFrames | None = None  # the next burst, encoded while the port was full
+
+    def encode(count: int) -> EncodedFrames:
+        nonlocal encoded
+        chunks = []
+        while len(chunks) < count and encoded < len(view):
+            chunks.append((encoded, view[encoded:encoded + size]))
+            encoded = min(encoded + size, len(view))
+        return device.encode_writes(slot, chunks, max_payload)
+
+    def encode_ahead() -> None:
+        nonlocal ahead
+        room = window - len(inflight)  # acknowledgements only add to it until ``ahead`` is sent
+        if ahead is None and encoded < len(view) and room > 0:
+            ahead = encode(min(room, per_write))
+
     try:
         while acked < len(view):
             free = window - len(inflight)
-            if sent < len(view) and (free >= refill_at or not inflight):
-                payloads = []
-                while len(payloads) < free and sent < len(view):
-                    data = view[sent:sent + size]
-                    payloads.append(_WRITE_HEAD.pack(slot, sent) + data)
-                    sent += len(data)
-                inflight.extend(device.send_many(Cmd.WRITE, payloads, WRITE_HEADER_SIZE + size))
+            more = ahead is not None or encoded < len(view)
+            if more and (free >= refill_at or not inflight):
+                burst = ahead if ahead is not None else encode(min(free, per_write))
+                ahead = None
+                inflight.extend(burst.seqs)
+                device.send_encoded(burst, while_full=encode_ahead)
+                if (ahead is not None or encoded < len(view)) and len(inflight) < window:
+                    continue  # keep writing: the acknowledgements wait in the port's buffer
             seq = inflight.popleft()
-            nxt = struct.unpack("<I", device.receive(Cmd.WRITE, seq, WRITE_HEADER_SIZE + size))[0]
+            nxt = struct.unpack("<I", device.receive(Cmd.WRITE, seq, max_payload))[0]
             if not acked < nxt <= len(view):
                 return acked, False
             acked = nxt
@@ -479,31 +495,3 @@ def _check_trial(session: _Session, info: DeviceInfo, slot: int, smoke_input: by
                          f"(a REBOOT was sent)") from None
     log(f"smoke INFER: {len(out)} output bytes in {cycles} cycles")
     return cycles
-
-
-def measure_raw_link(device: Device, nbytes: int = 64 * 1024, repeats: int = 3) -> float:
-    """Bytes per second the link and the device's receive loop carry one way, for comparison
-    with :attr:`FlashResult.write_throughput`.
-
-    Sends ``nbytes`` zero bytes (no ``A5 5A``, so the device's resync scan drops them unread),
-    in port writes of ``RAW_LINK_WRITE_BYTES`` like the flasher's WRITE bursts, followed by
-    INFO, and subtracts the time of an INFO alone: what is left is the time the link took to
-    move ``nbytes`` into the device. The best of ``repeats`` runs is returned: the most the link
-    carries (a flash also sends 15 bytes of framing per 992-byte chunk, so in steady state it
-    stays below this).
-    """
-    best = 0.0
-    burst = bytes(min(nbytes, RAW_LINK_WRITE_BYTES))
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        device.info()
-        t_info = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for sent in range(0, nbytes, len(burst)):
-            device.port.write(burst[:nbytes - sent])
-        # one long try: a resend would only queue behind the junk
-        device.command(Cmd.INFO, timeout_s=RAW_LINK_TIMEOUT_S, attempts=1)
-        elapsed = time.perf_counter() - t0 - t_info
-        if elapsed > 0:
-            best = max(best, nbytes / elapsed)
-    return best

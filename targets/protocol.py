@@ -162,19 +162,22 @@ _FRAME_HEADER = struct.Struct("<BBH")  # type, seq, length (after SOF)
 _FRAME_CRC = struct.Struct("<I")
 
 
-def encode_frame(ftype: int, seq: int, payload: bytes = b"", max_payload: int = MAX_PAYLOAD) -> bytes:
+def encode_frame(ftype: int, seq: int, payload: bytes = b"", max_payload: int = MAX_PAYLOAD, *,
+                 prefix: bytes = b"") -> bytes:
     """One frame: SOF, type, seq, length, payload, CRC32 over type..payload.
 
-    ``payload`` may be any bytes-like object (a memoryview slice of a blob is not copied twice:
-    the flasher encodes ~100 of these per 100 KB, so each copy shows in the throughput).
-    ``max_payload``: a device whose INFO advertises bigger command frames takes up to that."""
+    ``payload`` may be any bytes-like object; ``prefix`` goes before it in the frame's payload.
+    The flasher passes WRITE's slot and offset as ``prefix`` and a memoryview slice of the blob as
+    ``payload``, so the blob's bytes are copied once, into the frame (joining them into one
+    payload first cost as much again as the CRC). ``max_payload``: a device whose INFO
+    advertises bigger command frames takes up to that."""
     if not 0 <= ftype <= 0xFF or not 0 <= seq <= 0xFF:
         raise DeviceError(f"frame type {ftype} and seq {seq} must each fit in one byte (0..255)")
-    length = len(payload)
+    length = len(prefix) + len(payload)
     if length > max_payload or length > 0xFFFF:
         raise DeviceError(f"frame payload is {length} bytes; the protocol allows at most "
                           f"{max_payload}: split it (WRITE/INPUT/OUTPUT take offsets)")
-    header = _FRAME_HEADER.pack(ftype, seq, length)
+    header = _FRAME_HEADER.pack(ftype, seq, length) + prefix
     crc = zlib.crc32(payload, zlib.crc32(header))
     return b"".join((SOF, header, payload, _FRAME_CRC.pack(crc)))
 

@@ -26,6 +26,11 @@ int hal_uart_read(uint8_t *byte, uint32_t timeout_ms);
  * board without its own gets es_proto.c's default, hal_uart_read byte by byte (a weak symbol). */
 uint32_t hal_uart_read_bytes(uint8_t *buf, uint32_t len, uint32_t timeout_ms);
 
+/* Drop received bytes already buffered, up to (not including) the next `value`; returns how
+ * many were dropped. Never waits. Optional: the default (es_proto.c, weak) drops none and the
+ * frame scanner reads line noise byte by byte. */
+uint32_t hal_uart_skip_to(uint8_t value);
+
 /* Send bytes (blocking until queued to the wire). */
 void hal_uart_write(const uint8_t *data, uint32_t len);
 

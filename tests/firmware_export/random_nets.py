@@ -112,15 +112,16 @@ def random_multi_op_graph(rng) -> tuple[IntGraph, dict[str, np.ndarray]]:
     return graph, {"x": _rand_int8(rng, (1, h, w, 3))}
 
 
-def resnet8_graph(rng, size: int = 32, classes: int = 10) -> tuple[IntGraph, dict[str, np.ndarray]]:
-    """A ResNet-8 shaped int8 graph (CIFAR style: 16-32-64 channels, three residual stages,
-    strided 3x3 + 1x1 shortcut, global MEAN, FULLY_CONNECTED, SOFTMAX) on a [1, size, size, 3]
-    input, with random weights: a realistic size for speed tests."""
+def resnet8_graph(rng, size: int = 32, classes: int = 10,
+                  widths: tuple[int, int, int] = (16, 32, 64)) -> tuple[IntGraph, dict[str, np.ndarray]]:
+    """A ResNet-8 shaped int8 graph (CIFAR style: ``widths`` channels, 16-32-64 by default, three
+    residual stages, strided 3x3 + 1x1 shortcut, global MEAN, FULLY_CONNECTED, SOFTMAX) on a
+    [1, size, size, 3] input, with random weights: a realistic size for speed tests."""
     bld = _Builder(rng)
     in_scale, in_zp = _rand_act_quant(rng)
     x = bld.act("x", (1, size, size, 3), in_scale, in_zp)
-    h = bld.conv(x, "stem", 16, 3, "RELU")
-    for stage, (cout, stride) in enumerate([(16, 1), (32, 2), (64, 2)]):
+    h = bld.conv(x, "stem", widths[0], 3, "RELU")
+    for stage, (cout, stride) in enumerate(zip(widths, (1, 2, 2))):
         a = bld.conv(h, f"s{stage}_a", cout, 3, "RELU", stride=stride)
         b = bld.conv(a, f"s{stage}_b", cout, 3, "NONE")
         short = h if (stride == 1 and bld.t(h).shape[3] == cout) else \

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from tg_device_env import have_gcc, host_firmware, model_pair
 
-from targets import flasher
+from targets import flasher, raw_link
 from targets.client import Device, open_port
 from targets.protocol import FRAME_TIMEOUT_S, Cmd, Frame, FrameDecoder, encode_frame
 from targets.runner import HostFirmware
@@ -96,11 +96,12 @@ def test_raw_link_junk_goes_out_in_flash_sized_writes(exe, tmp_path):
             frames_before = dev.stats().frames_received
             before = port.writes
             rate = flasher.measure_raw_link(dev, nbytes, repeats=1)
-            junk_writes = -(-nbytes // flasher.RAW_LINK_WRITE_BYTES)
-            assert port.writes - before == junk_writes + 2  # + INFO alone, INFO behind the junk
+            junk_writes = -(-nbytes // raw_link.BURST_WRITE_BYTES)
+            infos = raw_link.RAW_LINK_INFO_SAMPLES + 1  # INFO alone (median of these), INFO behind the junk
+            assert port.writes - before == junk_writes + infos
             assert rate > 0
             s = dev.stats()
-            assert s.frames_received - frames_before == 3 and s.crc_errors == 0  # 2 INFO + STATS
+            assert s.frames_received - frames_before == infos + 1 and s.crc_errors == 0  # + STATS
 
 
 def test_frame_split_over_reads_is_received_whole(exe, tmp_path):
