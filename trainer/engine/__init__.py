@@ -1,5 +1,6 @@
 """The training engine: loop, optimizers and schedules, AMP, EMA, DDP, reporting."""
 
-from trainer.engine.loop import TrainResult, train
+from trainer.engine.classify import train
+from trainer.engine.loop import TrainResult
 
 __all__ = ["TrainResult", "train"]

@@ -1,18 +1,26 @@
-"""The training loop: config → data → model → optimizer → loop → checkpoint.
+"""The training loop every task shares: config → data → model → optimizer → loop → checkpoint.
 
-Read top to bottom. Everything a resumed run needs to continue *exactly*
-(weights, optimizer moments, BN statistics, EMA, GradScaler, the position in
-the epoch) is in the checkpoint; data order and augmentation are functions of
-(seed, epoch, batch index), so nothing else has to be saved.
+Read top to bottom. :func:`run_training` owns what is the same for every kind of model: device and
+DDP set-up, resume, the AMP forward / backward / clip / GradScaler / EMA step, the learning-rate
+schedule, progress, the metrics log, the finite-loss check, checkpoints, Ctrl-C
+(:class:`StopRequest`) and per-epoch validation and history. A :class:`TrainTask` supplies what
+differs: its data and batches, the loss, validation, and what the checkpoint and reports say about
+the task (``trainer.engine.classify`` for classifiers, ``trainer.detection.train`` for detectors).
+
+Everything a resumed run needs to continue *exactly* (weights, optimizer moments, BN statistics,
+EMA, GradScaler, the position in the epoch) is in the checkpoint; data order and augmentation are
+functions of (seed, epoch, batch index), so nothing else has to be saved.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -22,30 +30,19 @@ import edgesmith
 from edgesmith.errors import TrainingError
 from trainer.checkpoint import save_checkpoint
 from trainer.config import TrainConfig
-from trainer.engine.resume import ResumePoint, restore_for_resume, wrap_for_training
-from trainer.data import ArraySplit, Dataset, open_dataset
-from trainer.data.augment import Normalizer, augment_batch, batch_generator
-from trainer.data.loader import make_loader
-from trainer.engine.distributed import DistInfo, all_reduce_sum, any_rank, barrier, init_distributed
+from trainer.engine.distributed import DistInfo, all_reduce_sum, any_rank, init_distributed
 from trainer.engine.ema import ModelEMA
-from trainer.engine.evaluate import EvalResult, evaluate_model
 from trainer.engine.optim import build_optimizer, lr_factor, set_lr
 from trainer.engine.reporting import MetricsLog, PhaseTimer, TrainProgress
-from trainer.engine.setup import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    StopRequest,
-    channel_stats,
-    resolve_device,
-    resolve_precision,
-    seed_everything,
-)
-from trainer.models import build_model
+from trainer.engine.resume import ResumePoint, restore_for_resume, wrap_for_training
+from trainer.engine.setup import Precision, StopRequest, resolve_device, resolve_precision, seed_everything
 
 METRICS_FILE = "metrics.jsonl"
 # In DDP every rank must agree to stop at the same step; agreeing costs a collective,
 # so ranks compare stop flags every this many steps (a single process checks every step).
 DDP_STOP_CHECK_EVERY = 10
+
+StepCallback = Callable[[int, nn.Module, StopRequest], None]
 
 
 @dataclass
@@ -57,7 +54,7 @@ class TrainResult:
     model: nn.Module  # the weights to ship (EMA when enabled), float32, eval mode, CPU
     classes: list[str]
     preprocessing: dict[str, Any]
-    dataset: Dataset
+    dataset: Any  # the task's dataset (trainer.data.Dataset or a detection dataset)
     metrics: dict[str, Any]
     interrupted: bool = False
     stop_reason: str = ""
@@ -65,36 +62,88 @@ class TrainResult:
     dist: DistInfo = field(default_factory=DistInfo)
 
 
-def _open_data(cfg: TrainConfig, dist: DistInfo) -> Dataset:
-    """Rank 0 decodes (and fills the cache) first; the others then read the cache."""
-    kwargs = dict(
-        val_fraction=cfg.data.val_fraction,
-        seed=cfg.seed,
-        download=cfg.data.download,
-        cache_dir=cfg.data.cache_dir,
-        image_size=tuple(cfg.data.image_size) if cfg.data.image_size else None,
-    )
-    if dist.enabled and not dist.is_main:
-        barrier(dist)
-    ds = open_dataset(cfg.data.path, **kwargs)
-    if dist.enabled and dist.is_main:
-        barrier(dist)
-    return ds
+@dataclass
+class Batch:
+    """One training batch of this rank: its index in the epoch, the model input, the loss target, its image count."""
+
+    index: int
+    inputs: torch.Tensor
+    target: Any
+    size: int
 
 
-def _preprocessing(ds: Dataset) -> dict[str, Any]:
-    if isinstance(ds.train, ArraySplit):
-        mean, std = channel_stats(ds.train.images)
-    else:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    return {
-        "image_size": list(ds.image_size),
-        "layout": "NCHW",
-        "colour_order": "RGB",
-        "scale": 1 / 255,  # x = (pixel / 255 - mean) / std
-        "mean": mean,
-        "std": std,
-    }
+@dataclass
+class StepLoss:
+    """One batch's loss, extra fields for its ``step`` line in metrics.jsonl, (classifiers) its correct predictions."""
+
+    loss: torch.Tensor
+    parts: dict[str, Any] = field(default_factory=dict)
+    correct: torch.Tensor | None = None
+
+
+@dataclass
+class EpochStats:
+    """What the engine measured over one epoch (``epoch`` is 1-based, as users count)."""
+
+    epoch: int
+    total_epochs: int
+    step: int
+    train_loss: float
+    train_acc: float | None  # None for tasks without an accuracy
+    lr: float
+    img_per_s: float
+    epoch_time_s: float
+
+
+class TrainTask(ABC):
+    """What one kind of model needs beyond the shared loop of :func:`run_training`.
+
+    A task is built once per run, after device and process group are set up; its constructor
+    opens the data and builds the loaders and the loss, and sets the attributes below.
+    """
+
+    dataset: Any  # has .format, .source and .content_hash (checked on resume)
+    classes: list[str]
+    preprocessing: dict[str, Any]
+    steps_per_epoch: int
+    #: how the non-finite-loss error names the loss, and a gradient-clipping value to suggest there
+    loss_label: str = "training loss"
+    grad_clip_hint: str = "1.0"
+    #: whether :meth:`loss` counts correct predictions (a running accuracy on the progress bar)
+    reports_accuracy: bool = False
+
+    @abstractmethod
+    def build_model(self, model_args: dict[str, Any], resume: bool) -> nn.Module:
+        """The model (on the CPU) to train; ``resume``: its weights will be loaded from the checkpoint."""
+
+    @abstractmethod
+    def batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+        """This rank's training batches of ``epoch`` from ``start_batch`` on, on the device and ready for the model."""
+
+    @abstractmethod
+    def loss(self, outputs: Any, target: Any) -> StepLoss:
+        """The loss of the model's (autocast) ``outputs`` against ``target``."""
+
+    @abstractmethod
+    def validate(self, model: nn.Module, epoch: int, last_epoch: bool, precision: Precision) -> Any | None:
+        """Evaluate ``model`` after ``epoch`` (0-based); None where this epoch is not evaluated on this rank."""
+
+    @abstractmethod
+    def epoch_report(self, stats: EpochStats, val: Any | None) -> tuple[dict[str, Any], str]:
+        """The epoch's record (metrics.jsonl and history) and the line printed for it.
+
+        The record carries at least ``type`` ("epoch"), ``epoch``, ``step`` and ``img_per_s`` from
+        ``stats``: the engine reads them back (resume truncates the log by step; the run's metrics
+        report the last epoch's throughput).
+        """
+
+    @abstractmethod
+    def train_state(self) -> dict[str, Any]:
+        """What the checkpoint's train_state says about the task: classes, preprocessing, dataset, ..."""
+
+    @abstractmethod
+    def final_metrics(self, last_val: Any | None) -> dict[str, Any]:
+        """The task's entries in the run's metrics (the last validation, ...)."""
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -104,21 +153,20 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _export_copy(model: nn.Module) -> nn.Module:
     """A float32, contiguous, CPU, eval-mode copy of the weights for export and evaluation."""
-    import copy
-
     m = copy.deepcopy(_unwrap(model)).float().cpu().eval()
     return m.to(memory_format=torch.contiguous_format)
 
 
-def train(
+def run_training(
     cfg: TrainConfig,
     run_dir: str | Path,
+    open_task: Callable[[TrainConfig, torch.device, DistInfo], TrainTask],
     *,
     resume: bool = False,
-    on_step: Callable[[int, nn.Module, StopRequest], None] | None = None,
+    on_step: StepCallback | None = None,
     show_progress: bool = True,
 ) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.data``; write checkpoints and metrics into ``run_dir``.
+    """Train the model of the task ``open_task(cfg, device, dist)``; write checkpoints and metrics into ``run_dir``.
 
     ``on_step(global_step, model, stop)`` is called after every optimizer step with the
     unwrapped model (tests and API users can inspect it, or call ``stop.request()``).
@@ -135,39 +183,27 @@ def train(
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
-    # --- data -------------------------------------------------------------------------
-    ds = _open_data(cfg, dist)
-    classes = list(ds.classes)
-    preprocessing = _preprocessing(ds)
-    image_size = tuple(ds.image_size)
-    train_loader = make_loader(ds.train, batch_size=cfg.batch_size, train=True, device=device, seed=cfg.seed,
-                               rank=dist.rank, world_size=dist.world_size, image_size=image_size,
-                               num_workers=cfg.data.num_workers)
-    val_loader = make_loader(ds.val, batch_size=cfg.eval_batch_size, train=False, device=device, seed=cfg.seed,
-                             rank=dist.rank, world_size=dist.world_size, image_size=image_size,
-                             num_workers=cfg.data.num_workers)
-    normalizer = Normalizer(preprocessing["mean"], preprocessing["std"], device, cfg.channels_last)
-    steps_per_epoch = len(train_loader)
-    # where this rank's images sit inside each global batch (training batches are always full)
-    shard = (dist.rank * (cfg.batch_size // dist.world_size), cfg.batch_size)
+    # --- data (the task's) -------------------------------------------------------------
+    task = open_task(cfg, device, dist)
+    steps_per_epoch = task.steps_per_epoch
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
     # --- model, optimizer, precision ---------------------------------------------------
-    model_args = {"num_classes": len(classes), "width_mult": cfg.model.width_mult, "in_channels": 3}
-    model = build_model(cfg.model.name, **model_args).to(device)
+    model_args = {"num_classes": len(task.classes), "width_mult": cfg.model.width_mult, "in_channels": 3}
+    model = task.build_model(model_args, resume).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
     precision = resolve_precision(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
 
     # --- resume ------------------------------------------------------------------------
     point = ResumePoint()
     if resume:
+        ds = task.dataset
         point = restore_for_resume(run_dir, model, optimizer, scaler, ema, ds.content_hash, ds.source, device)
     start_epoch, start_batch, global_step, elapsed_before = point.epoch, point.batch, point.global_step, point.elapsed_s
     history: list[dict[str, Any]] = point.history
@@ -189,14 +225,12 @@ def train(
             model_args=model_args,
             state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
             train_state={
+                **task.train_state(),
                 "config": cfg.to_dict(),
                 "epoch": epoch,
                 "next_batch": next_batch,
                 "global_step": global_step,
                 "steps_per_epoch": steps_per_epoch,
-                "classes": classes,
-                "preprocessing": preprocessing,
-                "dataset": {"format": ds.format, "source": ds.source, "content_hash": ds.content_hash},
                 "scaler": scaler.state_dict() if precision.needs_scaler else None,
                 "ema_updates": ema.updates if ema else 0,
                 "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
@@ -212,15 +246,15 @@ def train(
             last = "no checkpoint was written yet" if not (run_dir / "checkpoint.safetensors").exists() else \
                 f"the last good checkpoint is kept in {run_dir}"
             raise TrainingError(
-                f"training loss became {loss_value} at epoch {epoch + 1}, step {global_step}; {last}. "
+                f"{task.loss_label} became {loss_value} at epoch {epoch + 1}, step {global_step}; {last}. "
                 f"Try a lower learning rate (optim.lr is {cfg.optim.lr}), gradient clipping "
-                "(--set optim.grad_clip=1.0) or --set amp=off"
+                f"(--set optim.grad_clip={task.grad_clip_hint}) or --set amp=off"
             )
 
     # --- loop --------------------------------------------------------------------------
     t_start = time.perf_counter()
     interrupted, stop_reason = False, ""
-    last_val: EvalResult | None = None
+    last_val: Any | None = None
     epoch = start_epoch
     with StopRequest() as stop, TrainProgress(enabled=dist.is_main, live=show_progress, total_epochs=cfg.epochs,
                                               steps_per_epoch=steps_per_epoch) as progress:
@@ -230,25 +264,21 @@ def train(
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             correct = torch.zeros((), device=device, dtype=torch.float64)
             seen, batch, t_epoch = 0, start_batch, time.perf_counter()
-            batches = train_loader.iterate(epoch, start_batch)
+            batches = task.batches(epoch, start_batch)
             while True:
                 with timer.phase("data"):
                     item = next(batches, None)
                     if item is None:
                         break
-                    batch, xb, yb = item
-                    gen = batch_generator(device, cfg.seed, epoch, batch)
-                    xb = augment_batch(xb, gen, crop_padding=cfg.augment.crop_padding, flip=cfg.augment.flip,
-                                       cutout_size=cfg.augment.cutout, shard=shard)
-                    xb = normalizer(xb)
+                    batch = item.index
                 lr = set_lr(optimizer, cfg.optim.lr, lr_factor(global_step, total_steps, steps_per_epoch, cfg.schedule))
                 with timer.phase("forward"):
                     with precision.autocast():
-                        logits = train_model(xb)
-                    loss = criterion(logits.float(), yb)
+                        outputs = train_model(item.inputs)
+                    step = task.loss(outputs, item.target)
                 with timer.phase("backward"):
                     optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
+                    scaler.scale(step.loss).backward()
                 with timer.phase("optimizer"):
                     if cfg.optim.grad_clip > 0:
                         scaler.unscale_(optimizer)
@@ -259,17 +289,19 @@ def train(
                         ema.update(model)
                 global_step += 1
                 timer.steps += 1
-                seen += len(yb)
-                loss_sum += loss.detach().double() * len(yb)
-                correct += (logits.detach().argmax(1) == yb).sum().double()
+                seen += item.size
+                loss_sum += step.loss.detach().double() * item.size
+                if step.correct is not None:
+                    correct += step.correct
 
                 if global_step % cfg.log_every == 0:
-                    step_loss = all_reduce_sum(loss.detach().float().clone(), dist).item() / dist.world_size
+                    step_loss = all_reduce_sum(step.loss.detach().float().clone(), dist).item() / dist.world_size
                     check_finite(step_loss, epoch)
                     ips = seen * dist.world_size / max(1e-9, time.perf_counter() - t_epoch)
                     metrics_log.write({"type": "step", "epoch": epoch, "batch": batch, "step": global_step,
-                                       "loss": step_loss, "lr": lr})
-                    progress.set_stats(step_loss, (correct / max(1, seen)).item(), ips)
+                                       "loss": step_loss, "lr": lr, **step.parts})
+                    running_acc = (correct / max(1, seen)).item() if task.reports_accuracy else 0.0
+                    progress.set_stats(step_loss, running_acc, ips)
                 progress.advance()
                 if on_step is not None:
                     on_step(global_step, model, stop)
@@ -289,21 +321,19 @@ def train(
                 save(epoch, batch + 1)
                 break
             epoch_time = time.perf_counter() - t_epoch
-            last_val = evaluate_model(ema.module if ema else model, val_loader, normalizer, len(classes), device,
-                                      dist, precision.autocast())
-            record = {
-                "type": "epoch", "epoch": epoch + 1, "step": global_step,
-                "train_loss": train_loss, "train_acc": (totals[1] / totals[2].clamp(min=1)).item(),
-                "val_loss": last_val.loss, "val_acc": last_val.top1, "lr": lr,
-                "img_per_s": totals[2].item() / max(1e-9, epoch_time), "epoch_time_s": epoch_time,
-            }
+            last_epoch = epoch + 1 >= cfg.epochs or bool(cfg.max_steps and global_step >= cfg.max_steps)
+            val = task.validate(ema.module if ema else model, epoch, last_epoch, precision)
+            if val is not None:
+                last_val = val
+            stats = EpochStats(
+                epoch=epoch + 1, total_epochs=cfg.epochs, step=global_step, train_loss=train_loss,
+                train_acc=(totals[1] / totals[2].clamp(min=1)).item() if task.reports_accuracy else None,
+                lr=lr, img_per_s=totals[2].item() / max(1e-9, epoch_time), epoch_time_s=epoch_time,
+            )
+            record, line = task.epoch_report(stats, val)
             history.append(record)
             metrics_log.write(record)
-            progress.epoch_line(
-                f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f} acc {record['train_acc']:.2%}  "
-                f"val loss {last_val.loss:.4f} acc {last_val.top1:.2%}  {record['img_per_s']:.0f} img/s  "
-                f"{epoch_time:.1f}s"
-            )
+            progress.epoch_line(line)
             save(epoch, batch + 1)
             epoch, start_batch = epoch + 1, 0
 
@@ -316,13 +346,12 @@ def train(
         "precision": precision.name,
         "device": str(device),
         "world_size": dist.world_size,
+        **task.final_metrics(last_val),
     }
-    if last_val is not None:
-        metrics["val"] = last_val.to_dict(classes)
     if history:
         metrics["img_per_s"] = history[-1]["img_per_s"]
     return TrainResult(
-        run_dir=run_dir, config=cfg, model=final_model, classes=classes, preprocessing=preprocessing, dataset=ds,
-        metrics=metrics, interrupted=interrupted, stop_reason=stop_reason,
+        run_dir=run_dir, config=cfg, model=final_model, classes=task.classes, preprocessing=task.preprocessing,
+        dataset=task.dataset, metrics=metrics, interrupted=interrupted, stop_reason=stop_reason,
         profile=timer.report() if cfg.profile else None, dist=dist,
     )

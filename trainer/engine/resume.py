@@ -1,8 +1,7 @@
-"""Pieces every training loop shares: restoring exact state to resume, and wrapping the model for DDP / compile.
+"""Pieces of the training loop kept apart: restoring exact state to resume, and wrapping the model for DDP / compile.
 
-The classifier loop (``engine/loop.py``) and the detector loop (``trainer/detection/train.py``) both
-call these, so resuming behaves the same for every task.
-"""
+:func:`trainer.engine.loop.run_training` calls these for every task (classifiers and detectors),
+so resuming behaves the same for all of them."""
 
 from __future__ import annotations
 
