@@ -79,13 +79,14 @@ def main() -> int:
             p, samples, classes, _ = predict_detection_onnx(run, path, split=split)
             m = score_predictions(p, samples, classes)
             row[split] = {"map50": m["map50"], "map": m["map"], "images": len(samples)}
-            preds[name, split] = (p, samples, classes)
+            if split == "val":  # kept for the paired bootstrap below
+                preds[name] = (p, samples, classes)
         rows.append(row)
         print(f"  evaluated {name}", flush=True)
     draws = np.random.default_rng(0).integers(0, rows[0]["val"]["images"], (args.bootstrap, rows[0]["val"]["images"]))
-    fp32_draws = bootstrap_map50(*preds["fp32", "val"], draws)
+    fp32_draws = bootstrap_map50(*preds["fp32"], draws)
     for row in rows[1:]:
-        diff = bootstrap_map50(*preds[row["variant"], "val"], draws) - fp32_draws
+        diff = bootstrap_map50(*preds[row["variant"]], draws) - fp32_draws
         row["val"]["diff_ci95_pp"] = [float(np.percentile(diff, q)) * 100 for q in (2.5, 97.5)]
     print()
     head = "".join(f" {s + ' mAP@.5':>14} {'vs FP32':>9} {s + ' mAP':>10}" for s in SPLITS)

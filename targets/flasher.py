@@ -32,8 +32,7 @@ from targets.client import Device, EncodedFrames
 from targets.protocol import (COMPILED_IN_SLOT, CRC_SIZE, HEADER_SIZE, WRITE_HEADER_SIZE, Cmd,
                               DeviceCommandError, DeviceConnectionError, DeviceError, DeviceInfo,
                               DeviceTimeoutError, ErrCode, SlotState)
-# the raw-link measurement has its own module; measure_raw_link stays importable from here
-from targets.raw_link import BURST_WRITE_BYTES, RawLink, measure_raw_link, raw_link  # noqa: F401
+from targets.raw_link import BURST_WRITE_BYTES
 
 #: WRITE chunk sizes, largest first: multiples of 32 bytes (STM32H7 flash words; protocol.md)
 CHUNK_SIZES = (992, 256, 64, 32)

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from tg_device_env import have_gcc, host_firmware, model_pair
+from tg_device_env import RecordingPort, have_gcc, host_firmware, model_pair
 
 from targets import flasher, raw_link
 from targets.client import Device, open_port
@@ -27,27 +27,6 @@ pytestmark = pytest.mark.skipif(not have_gcc(), reason="gcc is not installed: no
 @pytest.fixture(scope="module")
 def exe():
     return host_firmware(model_pair().export_dir)
-
-
-class _CountingPort:
-    """A pyserial port that counts the writes made to it (everything else is the real port's)."""
-
-    def __init__(self, port):
-        self._port = port
-        self.writes = 0
-
-    def write(self, data):
-        self.writes += 1
-        return self._port.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._port, name)
-
-    def __setattr__(self, name, value):
-        if name in ("_port", "writes"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._port, name, value)
 
 
 def test_send_many_is_one_write_of_consecutive_seqs():
@@ -74,12 +53,12 @@ def test_write_window_sends_bursts_and_lands_every_chunk(exe, tmp_path):
     frames = -(-len(data) // flasher.CHUNK_SIZES[0])
     window = 8
     with HostFirmware(exe, tmp_path / "flash.bin") as fw:
-        port = _CountingPort(open_port(fw.url))
+        port = RecordingPort(open_port(fw.url))
         with Device(port) as dev:
             dev.erase(0)
-            before = port.writes
+            before = len(port.sizes)
             acked, done = flasher._write_window(dev, 0, memoryview(data), 0, window)
-            writes = port.writes - before
+            writes = len(port.sizes) - before
             assert (acked, done) == (len(data), True)
             # a burst per half window (the first one a whole window), never a write per frame
             assert writes <= -(-(frames - window) // (window // 2)) + 1 < frames
@@ -91,14 +70,14 @@ def test_raw_link_junk_goes_out_in_flash_sized_writes(exe, tmp_path):
     the device drops all of it and answers the INFO behind it."""
     nbytes = 100_000
     with HostFirmware(exe, tmp_path / "flash.bin") as fw:
-        port = _CountingPort(open_port(fw.url))
+        port = RecordingPort(open_port(fw.url))
         with Device(port) as dev:
             frames_before = dev.stats().frames_received
-            before = port.writes
-            rate = flasher.measure_raw_link(dev, nbytes, repeats=1)
+            before = len(port.sizes)
+            rate = raw_link.measure_raw_link(dev, nbytes, repeats=1)
             junk_writes = -(-nbytes // raw_link.BURST_WRITE_BYTES)
             infos = raw_link.RAW_LINK_INFO_SAMPLES + 1  # INFO alone (median of these), INFO behind the junk
-            assert port.writes - before == junk_writes + infos
+            assert len(port.sizes) - before == junk_writes + infos
             assert rate > 0
             s = dev.stats()
             assert s.frames_received - frames_before == infos + 1 and s.crc_errors == 0  # + STATS

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pytest
-from tg_device_env import have_gcc, host_firmware, model_pair
+from tg_device_env import RecordingPort, have_gcc, host_firmware, model_pair
 
 from targets import flasher
 from targets.client import Device, open_port
@@ -34,24 +34,6 @@ def exe():
     return host_firmware(model_pair().export_dir)
 
 
-class _RecordingPort:
-    """A pyserial port that records the size of every write (everything else is the real port's)."""
-
-    def __init__(self, port):
-        object.__setattr__(self, "_port", port)
-        object.__setattr__(self, "sizes", [])
-
-    def write(self, data):
-        self.sizes.append(len(data))
-        return self._port.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._port, name)
-
-    def __setattr__(self, name, value):
-        setattr(self._port, name, value)
-
-
 def test_big_frames_stream_one_per_write_and_all_land(exe, tmp_path):
     """A window of 32 frames of 16,352 bytes: one port write per frame (the old burst was one
     write of the whole window, over half a megabyte), and the slot holds exactly the data."""
@@ -60,7 +42,7 @@ def test_big_frames_stream_one_per_write_and_all_land(exe, tmp_path):
     data = rng.integers(0, 256, 40 * chunk + 1000, dtype=np.uint8).tobytes()
     frames = -(-len(data) // chunk)
     with HostFirmware(exe, tmp_path / "flash.bin", slot_size=1 << 20) as fw:
-        port = _RecordingPort(open_port(fw.url))
+        port = RecordingPort(open_port(fw.url))
         with Device(port) as dev:
             assert flasher.burst_chunk(dev.info()) == chunk
             dev.erase(0)

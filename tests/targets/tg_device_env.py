@@ -101,3 +101,19 @@ def host_firmware(export_dir: Path) -> Path:
 #: then costs 0.25 s instead of the defaults sized for emulators and real boards
 HOST_TIMEOUTS = {"response_timeout_s": 0.25, "byte_time_s": 1e-5,
                  "long_timeouts_s": {"ERASE": 2.0, "VERIFY": 2.0, "COMMIT": 2.0, "INFER": 2.0}}
+
+
+class RecordingPort:
+    """A pyserial port that records the size of every write made to it (everything else is the
+    real port's). Not a SerialBase, so the client writes through ``write`` rather than os.write."""
+
+    def __init__(self, port):
+        self._port = port
+        self.sizes: list[int] = []
+
+    def write(self, data):
+        self.sizes.append(len(data))
+        return self._port.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._port, name)
